@@ -1,0 +1,48 @@
+"""Writes a servable Triton model repository: model folders from the source tree + artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+import navig.model_repository as model_sources
+from navig.export.ocr import ArtifactReport, OcrSources, export_det, export_rec
+from navig.model_repository import contract
+
+MODEL_SOURCES = Path(model_sources.__file__).parent
+REPORT_FILE = "export_report.json"
+
+
+def place_model_folder(name: str, repository: Path) -> Path:
+    """Copies config.pbtxt and the version folder's code; existing artifacts there are replaced."""
+    target = repository / name
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(MODEL_SOURCES / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def write_ocr_models(repository: Path, sources: OcrSources, progress: Progress) -> list[ArtifactReport]:
+    rng = np.random.default_rng(0)
+    task = progress.add_task("OCR models", total=3)
+    for name in contract.OCR_MODELS:
+        place_model_folder(name, repository)
+    det = export_det(sources.det, repository / contract.OCR_DET / "1" / "model.onnx", rng)
+    progress.advance(task)
+    rec, characters = export_rec(sources.rec, repository / contract.OCR_REC / "1" / "model.onnx", rng)
+    progress.advance(task)
+    (repository / contract.OCR / "1" / "characters.txt").write_text(characters, encoding="utf-8")
+    progress.advance(task)
+    return [det, rec]
+
+
+def write_report(repository: Path, reports: list[ArtifactReport]) -> Path:
+    path = repository / REPORT_FILE
+    entries = [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(r).items()} for r in reports]
+    path.write_text(json.dumps({"artifacts": entries}, indent=2) + "\n")
+    return path
