@@ -2,9 +2,65 @@
 
 from __future__ import annotations
 
-import typer
+import time
+from pathlib import Path
+from typing import Annotated
 
+import typer
+from navig.client.images import ImageReadError, expand_paths, read_rgb
+from navig.client.triton_ocr import OcrClient
+from navig.export.cli import DEFAULT_REPOSITORY
 from navig.export.cli import app as export_app
+from navig.orchestrator.cli import triton_app
+from navig.orchestrator.embedded_triton import TritonLaunchError
+from rich.console import Console
+from tritonclient.utils import InferenceServerException
 
 app = typer.Typer(help="navig-serve: Triton-served NAVIG geo-localization.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+app.add_typer(triton_app, name="triton")
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
+
+TritonUrl = Annotated[str, typer.Option(help="gRPC address of a running Triton server.")]
+
+
+@app.command()
+def ocr(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    triton_url: TritonUrl = "127.0.0.1:8001",
+) -> None:
+    """Read the text in IMAGES with the `ocr` model of a running Triton server."""
+    try:
+        paths = expand_paths(images)
+        client = OcrClient(triton_url)
+        client.wait_ready()
+        for path in paths:
+            image = read_rgb(path)
+            started = time.perf_counter()
+            lines = client.read(image)
+            elapsed_ms = (time.perf_counter() - started) * 1e3
+            console.print(f"[bold]{path}[/bold]  ({elapsed_ms:.0f} ms)")
+            for line in lines:
+                console.print(f"  {line.text}  [dim]{line.score:.2f}[/dim]")
+    except ImageReadError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except InferenceServerException as exc:
+        errors.print(f"[red]error:[/red] Triton at {triton_url}: {exc.message()}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def demo(
+    model_repository: Annotated[Path, typer.Option(help="Built by `navig export`.")] = DEFAULT_REPOSITORY,
+    samples: Annotated[Path, typer.Option(help="Rendered sample signs.")] = Path("samples"),
+) -> None:
+    """Start the embedded Triton, read every sample sign through it, stop it."""
+    from navig.client.demo import run_demo
+
+    try:
+        run_demo(model_repository, samples, console)
+    except TritonLaunchError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from navig.export.ocr import OcrExportError, OcrSources
+from navig.export.repository import write_ocr_models, write_report
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-
-from navig.export.ocr import OcrExportError, OcrSources
-from navig.export.repository import write_ocr_models, write_report
 
 app = typer.Typer(help="Turn checkpoints into a Triton model repository.", no_args_is_help=True)
 console = Console()
@@ -39,6 +38,20 @@ def export_ocr(
     for column in ("model", "file", "size", "max |diff| vs source"):
         table.add_column(column)
     for r in reports:
-        table.add_row(r.model, str(r.path.relative_to(out)), f"{r.size_bytes / 1e6:.1f} MB", f"{r.max_abs_diff:.1e}")
+        table.add_row(
+            r.model, str(r.path.relative_to(out)), f"{r.size_bytes / 1e6:.1f} MB", f"{r.max_abs_diff:.1e}"
+        )
     console.print(table)
     console.print(f"report: {report_path}")
+
+
+@app.command("samples")
+def export_samples(
+    out: Annotated[Path, typer.Option(help="Folder for the images and index.json.")] = Path("samples"),
+    seed: int = 0,
+) -> None:
+    """Render the street-sign sample photos with their GeoNames ground truth."""
+    from navig.export.samples import render_samples
+
+    samples = render_samples(out, seed)
+    console.print(f"{len(samples)} sample signs written to {out}")

@@ -87,7 +87,9 @@ class OcrPipeline:
         if not crops:
             return OcrResult()
         texts, scores = self.recognize(crops, recognize)
-        keep = [i for i, (t, sc) in enumerate(zip(texts, scores)) if t.strip() and sc >= self.settings.text_score]
+        keep = [
+            i for i, (t, sc) in enumerate(zip(texts, scores)) if t.strip() and sc >= self.settings.text_score
+        ]
         return OcrResult(
             texts=[texts[i] for i in keep],
             boxes=boxes[keep].astype(np.float32),

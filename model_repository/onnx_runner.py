@@ -6,12 +6,12 @@ names in config.pbtxt are the graph's own and both profiles share one contract.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
-
 from navig.model_repository import backend
 
 
@@ -33,9 +33,7 @@ class TritonPythonModel:
                 [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs]
                 for r in requests
             ]
-            feeds = {
-                name: np.concatenate([a[k] for a in arrays]) for k, name in enumerate(self.inputs)
-            }
+            feeds = {name: np.concatenate([a[k] for a in arrays]) for k, name in enumerate(self.inputs)}
             results = self.session.run(self.outputs, feeds)
         except Exception as exc:  # one bad batch must not take the model down
             return [backend.error_response(f"onnxruntime: {exc}") for _ in requests]
@@ -47,5 +45,5 @@ class TritonPythonModel:
                     for name, result in zip(self.outputs, results)
                 ]
             )
-            for lo, hi in zip(bounds[:-1], bounds[1:])
+            for lo, hi in itertools.pairwise(bounds)
         ]

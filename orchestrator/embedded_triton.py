@@ -105,7 +105,9 @@ class TritonDistribution:
         if not stub.is_file() or stub.stat().st_size != self.stub.stat().st_size:
             staging = cache / f"backends.tmp{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(self.python_backend, staging / "python", ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                self.python_backend, staging / "python", ignore=shutil.ignore_patterns("__pycache__")
+            )
             shutil.copy2(self.stub, staging / "python" / "triton_python_backend_stub")
             shutil.rmtree(cache / "backends", ignore_errors=True)
             staging.rename(cache / "backends")
@@ -171,7 +173,11 @@ class EmbeddedTriton:
             raise TritonLaunchError(f"model repository not found: {config.model_repository}")
         dist = TritonDistribution.find(config.binary)
         check_numpy()
-        for name, port in (("gRPC", config.ports.grpc), ("HTTP", config.ports.http), ("metrics", config.ports.metrics)):
+        for name, port in (
+            ("gRPC", config.ports.grpc),
+            ("HTTP", config.ports.http),
+            ("metrics", config.ports.metrics),
+        ):
             if port_in_use(config.host, port):
                 raise TritonLaunchError(f"{name} port {port} on {config.host} is already in use")
         backends = dist.backend_directory(cache_dir() / f"triton-{dist.binary.stat().st_size}")
@@ -217,10 +223,8 @@ class EmbeddedTriton:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -256,7 +260,9 @@ class EmbeddedTriton:
         if failures:
             detail = "\n".join(f"  model '{name}': {reason}" for name, reason in failures.items())
             return f"Triton failed to load {len(failures)} model(s):\n{detail}"
-        return f"Triton exited with code {returncode} before it was ready; last log lines:\n" + self.log_tail(15)
+        return f"Triton exited with code {returncode} before it was ready; last log lines:\n" + self.log_tail(
+            15
+        )
 
     def _pump_log(self) -> None:
         assert self._process is not None and self._process.stdout is not None
