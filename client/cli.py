@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from tritonclient.utils import InferenceServerException
+
 from navig.client.images import ImageReadError, expand_paths, read_rgb
 from navig.client.triton_ocr import OcrClient
 from navig.export.cli import DEFAULT_REPOSITORY
 from navig.export.cli import app as export_app
 from navig.orchestrator.cli import triton_app
 from navig.orchestrator.embedded_triton import TritonLaunchError
-from rich.console import Console
-from tritonclient.utils import InferenceServerException
 
 app = typer.Typer(help="navig-serve: Triton-served NAVIG geo-localization.", no_args_is_help=True)
 app.add_typer(export_app, name="export")

@@ -6,12 +6,13 @@ import statistics
 import time
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from navig.client.images import read_rgb
 from navig.client.triton_ocr import OcrClient
 from navig.export.samples import load_samples
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
-from rich.console import Console
-from rich.table import Table
 
 
 def run_demo(model_repository: Path, samples_dir: Path, console: Console) -> int:

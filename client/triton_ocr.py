@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from navig.model_repository import contract
 from tritonclient.utils import InferenceServerException
+
+from navig.model_repository import contract
 
 
 @dataclass(frozen=True)

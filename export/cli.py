@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from navig.export.ocr import OcrExportError, OcrSources
-from navig.export.repository import write_ocr_models, write_report
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+from navig.export.ocr import OcrExportError, OcrSources
+from navig.export.repository import write_ocr_models, write_report
 
 app = typer.Typer(help="Turn checkpoints into a Triton model repository.", no_args_is_help=True)
 console = Console()

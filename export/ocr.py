@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+
 from navig.export import onnx_edit
 from navig.model_repository import contract
 

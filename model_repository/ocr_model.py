@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
 from navig.model_repository import backend, contract
 from navig.model_repository.ocr_pipeline import OcrInputError, OcrPipeline, OcrSettings
 

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+
 from navig.orchestrator.embedded_triton import (
     EmbeddedTriton,
     TritonConfig,
     TritonLaunchError,
     TritonPorts,
 )
-from rich.console import Console
 
 triton_app = typer.Typer(help="The embedded Triton Inference Server.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)

@@ -38,9 +38,11 @@ class TritonLaunchError(RuntimeError):
 
 @dataclass(frozen=True)
 class TritonPorts:
+    """Triton's usual ports by default."""
+
     grpc: int = 8001
-    http: int = 8002
-    metrics: int = 8003
+    http: int = 8000
+    metrics: int = 8002
 
     @classmethod
     def free(cls, host: str = "127.0.0.1") -> TritonPorts:

@@ -1,0 +1,36 @@
+# The two commands: `make demo` (the main job on the embedded default) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+REPOSITORY := build/model_repository
+
+.PHONY: install repository demo test lint samples clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[cpu,dev]'
+	touch $@
+
+install: $(INSTALLED)
+
+repository: install
+	$(BIN)/navig export ocr --out $(REPOSITORY)
+
+demo: repository
+	$(BIN)/navig demo --model-repository $(REPOSITORY) --samples samples
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+samples: install
+	$(BIN)/navig export samples --out samples
+
+clean:
+	rm -rf build $(VENV)
