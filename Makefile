@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 REPOSITORY := build/model_repository
 
-.PHONY: install repository demo test lint samples clean
+.PHONY: install repository demo test lint samples bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,6 @@ samples: install
 
 clean:
 	rm -rf build $(VENV)
+
+bench: repository
+	$(BIN)/python benchmarks/ocr_latency.py --model-repository $(REPOSITORY)
