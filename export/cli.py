@@ -11,7 +11,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from navig.export.ocr import OcrExportError, OcrSources
-from navig.export.repository import write_ocr_models, write_report
+from navig.export.report import write_report
+from navig.export.repository import REPORT_FILE, write_ocr_models
 
 app = typer.Typer(help="Turn checkpoints into a Triton model repository.", no_args_is_help=True)
 console = Console()
@@ -34,7 +35,7 @@ def export_ocr(
     except OcrExportError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    report_path = write_report(out, reports)
+    report_path = write_report(out / REPORT_FILE, reports)
     table = Table(title=f"Exported into {out}")
     for column in ("model", "file", "size", "max |diff| vs source"):
         table.add_column(column)

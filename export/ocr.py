@@ -8,6 +8,7 @@ checked against the shipped file on the same input before it is placed.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,14 @@ import onnx
 import onnxruntime as ort
 
 from navig.export import onnx_edit
+from navig.export.errors import ExportError
+from navig.export.report import ArtifactReport
 from navig.model_repository import contract
 
 PARITY_TOLERANCE = 1e-4
 
 
-class OcrExportError(RuntimeError):
+class OcrExportError(ExportError):
     """A PP-OCR source file is missing or does not compute what it should."""
 
 
@@ -41,27 +44,21 @@ class OcrSources:
         return cls(det=models / "PP-OCRv6_det_small.onnx", rec=models / "PP-OCRv6_rec_small.onnx")
 
 
-@dataclass(frozen=True)
-class ArtifactReport:
-    model: str
-    path: Path
-    source: Path
-    source_sha256: str
-    size_bytes: int
-    max_abs_diff: float
-
-
 def export_det(source: Path, out: Path, rng: np.random.Generator) -> ArtifactReport:
+    started = time.perf_counter()
     model = _load(source)
     onnx_edit.fold_uint8_nhwc_input(model, contract.OCR_DET_INPUT, scale=2.0 / 255.0, offset=-1.0)
     onnx_edit.rename_output(model, contract.OCR_DET_OUTPUT)
     pixels = rng.integers(0, 256, (1, 64, 96, 3), dtype=np.uint8)
     reference = ((pixels.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(0, 3, 1, 2)
-    return _save_checked("ocr_det", model, source, out, {contract.OCR_DET_INPUT: pixels}, {"x": reference})
+    return _save_checked(
+        "ocr_det", model, source, out, {contract.OCR_DET_INPUT: pixels}, {"x": reference}, started
+    )
 
 
 def export_rec(source: Path, out: Path, rng: np.random.Generator) -> tuple[ArtifactReport, str]:
     """Returns the report and the character list stored in the model's metadata."""
+    started = time.perf_counter()
     model = _load(source)
     characters = {p.key: p.value for p in model.metadata_props}.get("character")
     if not characters:
@@ -69,7 +66,9 @@ def export_rec(source: Path, out: Path, rng: np.random.Generator) -> tuple[Artif
     onnx_edit.rename_input(model, contract.OCR_REC_INPUT)
     onnx_edit.rename_output(model, contract.OCR_REC_OUTPUT)
     crops = rng.uniform(-1, 1, (2, 3, 48, 320)).astype(np.float32)
-    report = _save_checked("ocr_rec", model, source, out, {contract.OCR_REC_INPUT: crops}, {"x": crops})
+    report = _save_checked(
+        "ocr_rec", model, source, out, {contract.OCR_REC_INPUT: crops}, {"x": crops}, started
+    )
     return report, characters
 
 
@@ -91,6 +90,7 @@ def _save_checked(
     out: Path,
     feeds: dict[str, np.ndarray],
     reference_feeds: dict[str, np.ndarray],
+    started: float,
 ) -> ArtifactReport:
     onnx.checker.check_model(model)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,13 +101,15 @@ def _save_checked(
     if not diff <= PARITY_TOLERANCE:
         out.unlink()
         raise OcrExportError(f"{name}: exported graph differs from {source.name} by {diff:.2e}")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
     return ArtifactReport(
         model=name,
         path=out,
-        source=source,
-        source_sha256=hashlib.sha256(source.read_bytes()).hexdigest(),
         size_bytes=out.stat().st_size,
         max_abs_diff=diff,
+        tolerance=PARITY_TOLERANCE,
+        seconds=time.perf_counter() - started,
+        check=f"ORT: exported vs shipped {source.name} (sha256 {digest}...)",
     )
 
 

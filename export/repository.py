@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from rich.progress import Progress
 
 import navig.model_repository as model_sources
-from navig.export.ocr import ArtifactReport, OcrSources, export_det, export_rec
+from navig.export.ocr import OcrSources, export_det, export_rec
+from navig.export.report import ArtifactReport
 from navig.model_repository import contract
 
 MODEL_SOURCES = Path(model_sources.__file__).parent
@@ -39,10 +38,3 @@ def write_ocr_models(repository: Path, sources: OcrSources, progress: Progress) 
     (repository / contract.OCR / "1" / "characters.txt").write_text(characters, encoding="utf-8")
     progress.advance(task)
     return [det, rec]
-
-
-def write_report(repository: Path, reports: list[ArtifactReport]) -> Path:
-    path = repository / REPORT_FILE
-    entries = [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(r).items()} for r in reports]
-    path.write_text(json.dumps({"artifacts": entries}, indent=2) + "\n")
-    return path

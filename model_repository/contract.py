@@ -15,3 +15,20 @@ OCR_REC_INPUT = "crops"  # float32 [N, 3, 48, W], normalised to [-1, 1]
 OCR_REC_OUTPUT = "probabilities"
 
 OCR_MODELS = (OCR_DET, OCR_REC, OCR)
+
+# GroundingDINO with NAVIG's prompts baked in: one call detects all of them.
+DETECTOR = "detector"
+DETECTOR_PROMPTS = ("road sign", "building sign", "house")
+DETECTOR_IMAGES = "images"  # uint8 RGB [N, H, W, 3], any size: resized/normalised in the graph
+DETECTOR_BOXES = "boxes"  # float32 [N, K, 4]: x0, y0, x1, y1 as fractions of width/height
+DETECTOR_SCORES = "scores"  # float32 [N, K]: best prompt's score
+DETECTOR_LABELS = "labels"  # int64 [N, K]: index into DETECTOR_PROMPTS
+DETECTOR_PROMPT_SCORES = "prompt_scores"  # float32 [N, K, len(DETECTOR_PROMPTS)]
+
+# CLIP, two encoders; embeddings are L2-normalised so inner product = cosine similarity.
+CLIP_IMAGE = "clip_image"
+CLIP_IMAGE_IMAGES = "images"  # uint8 RGB [N, H, W, 3], any size: CLIP preprocessing in the graph
+CLIP_TEXT = "clip_text"
+CLIP_TEXT_INPUT_IDS = "input_ids"  # int64 [N, L], from the checkpoint's tokenizer
+CLIP_TEXT_ATTENTION_MASK = "attention_mask"  # int64 [N, L]
+CLIP_EMBEDDINGS = "embeddings"  # float32 [N, D]

@@ -9,7 +9,8 @@ import pytest
 from rich.progress import Progress
 
 from navig.export.ocr import OcrSources
-from navig.export.repository import write_ocr_models, write_report
+from navig.export.report import write_report
+from navig.export.repository import REPORT_FILE, write_ocr_models
 from navig.export.samples import SAMPLES_DIR, Sample, load_samples
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 
@@ -24,7 +25,7 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repository = tmp_path_factory.mktemp("model_repository")
     with Progress(disable=True) as progress:
         reports = write_ocr_models(repository, OcrSources.from_rapidocr_wheel(), progress)
-    write_report(repository, reports)
+    write_report(repository / REPORT_FILE, reports)
     return repository
 
 

@@ -1,0 +1,33 @@
+"""What each export step produced and how closely it reproduces its source."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ArtifactReport:
+    model: str  # Triton model name, or the artifact's name when it is not served directly
+    path: Path
+    size_bytes: int
+    max_abs_diff: float | None  # vs the source checkpoint on the same inputs; None = not comparable
+    tolerance: float | None
+    seconds: float
+    check: str = ""  # what was compared, e.g. "ONNX vs PyTorch, 2 images"
+
+
+def folder_size(path: Path) -> int:
+    return (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
+
+
+def write_report(path: Path, reports: list[ArtifactReport], **extra: object) -> Path:
+    entries = [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(r).items()} for r in reports]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**extra, "artifacts": entries}, indent=2) + "\n")
+    return path
