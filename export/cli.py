@@ -2,22 +2,93 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from navig.export.ocr import OcrExportError, OcrSources
-from navig.export.report import write_report
-from navig.export.repository import REPORT_FILE, write_ocr_models
+from navig.export.errors import ExportError
+from navig.export.repository import REPORT_FILE
+from navig.export.spec import ExportSpec, OcrSpec, load_spec
 
 app = typer.Typer(help="Turn checkpoints into a Triton model repository.", no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_REPOSITORY = Path("build/model_repository")
+
+
+def _progress() -> Progress:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True)
+
+
+def run_build(spec: ExportSpec) -> None:
+    """Builds, prints the report table and notes; ExportError -> message + exit code 1."""
+    from navig.export.build import build
+
+    quiet_transformers()
+    started = time.perf_counter()
+    try:
+        with _progress() as progress:
+            result = build(spec, progress)
+    except ExportError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    table = Table(title=f"{spec.profile} model repository: {result.repository}")
+    for column in ("model", "artifact", "size", "max |diff|", "tolerance", "check", "s"):
+        table.add_column(column)
+    for r in result.reports:
+        diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
+        tolerance = "-" if r.tolerance is None else f"{r.tolerance:.0e}"
+        path = str(r.path.relative_to(result.repository))
+        table.add_row(
+            r.model, path, f"{r.size_bytes / 1e6:.1f} MB", diff, tolerance, r.check, f"{r.seconds:.1f}"
+        )
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(
+        f"{len(result.models)} models in {time.perf_counter() - started:.1f} s; "
+        f"report: {result.repository / REPORT_FILE}"
+    )
+
+
+def quiet_transformers() -> None:
+    """Our progress bars and report say what happens; transformers' own bars would interleave."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.command("build")
+def export_build(
+    spec_file: Annotated[Path, typer.Argument(help="Export spec (YAML).", metavar="SPEC")],
+    profile: Annotated[
+        Literal["cpu", "gpu"] | None, typer.Option(help="Override the spec's profile.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Override the spec's output folder.")] = None,
+    stream: Annotated[bool | None, typer.Option(help="Streaming (decoupled) VLM models.")] = None,
+) -> None:
+    """Export everything SPEC names into a Triton model repository for one profile."""
+    try:
+        spec = load_spec(spec_file)
+    except ExportError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    updates: dict[str, object] = {}
+    if profile:
+        updates["profile"] = profile
+    if out:
+        updates["output"] = out.resolve()
+    if stream is not None and spec.vlm:
+        updates["vlm"] = spec.vlm.model_copy(update={"stream": stream})
+    run_build(spec.model_copy(update=updates))
 
 
 @app.command("ocr")
@@ -25,26 +96,34 @@ def export_ocr(
     out: Annotated[Path, typer.Option(help="Model repository to write into.")] = DEFAULT_REPOSITORY,
     det: Annotated[Path | None, typer.Option(help="PP-OCR det ONNX (default: rapidocr's).")] = None,
     rec: Annotated[Path | None, typer.Option(help="PP-OCR rec ONNX (default: rapidocr's).")] = None,
+    profile: Annotated[Literal["cpu", "gpu"], typer.Option()] = "cpu",
 ) -> None:
-    """Place the PP-OCR models (ocr_det, ocr_rec, ocr) into a cpu-profile model repository."""
-    bundled = OcrSources.from_rapidocr_wheel()
-    sources = OcrSources(det=det or bundled.det, rec=rec or bundled.rec)
-    try:
-        with Progress(console=console, transient=True) as progress:
-            reports = write_ocr_models(out, sources, progress)
-    except OcrExportError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    report_path = write_report(out / REPORT_FILE, reports)
-    table = Table(title=f"Exported into {out}")
-    for column in ("model", "file", "size", "max |diff| vs source"):
-        table.add_column(column)
-    for r in reports:
-        table.add_row(
-            r.model, str(r.path.relative_to(out)), f"{r.size_bytes / 1e6:.1f} MB", f"{r.max_abs_diff:.1e}"
-        )
+    """Only the PP-OCR models (ocr_det, ocr_rec, ocr)."""
+    run_build(ExportSpec(profile=profile, output=out.resolve(), ocr=OcrSpec(det=det, rec=rec)))
+
+
+@app.command("demo-checkpoints")
+def export_demo_checkpoints(
+    preset: Annotated[
+        Literal["tiny", "small"], typer.Option(help="tiny: tests; small: benchmarks.")
+    ] = "tiny",
+    out: Annotated[Path, typer.Option(help="Folder for the checkpoints and export.yaml.")] = Path(
+        "build/checkpoints"
+    ),
+) -> None:
+    """Random-initialised Qwen2-VL + LoRA, GroundingDINO and CLIP checkpoints in the real formats."""
+    from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
+
+    quiet_transformers()
+    with console.status(f"building {preset} checkpoints..."):
+        counts = build_demo_checkpoints(out, preset)
+    table = Table(title=f"{preset} demo checkpoints in {out}")
+    table.add_column("checkpoint")
+    table.add_column("parameters", justify="right")
+    for name, count in counts.items():
+        table.add_row(name, f"{count:,}")
     console.print(table)
-    console.print(f"report: {report_path}")
+    console.print(f"export them with: navig export build {out / SPEC_FILE}")
 
 
 @app.command("samples")

@@ -1,4 +1,4 @@
-"""Writes a servable Triton model repository: model folders from the source tree + artifacts."""
+"""Writes a servable Triton model repository from an export spec: artifacts + profile configs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from rich.progress import Progress
 
 import navig.model_repository as model_sources
 from navig.export.ocr import OcrSources, export_det, export_rec
@@ -26,15 +25,11 @@ def place_model_folder(name: str, repository: Path) -> Path:
     return target
 
 
-def write_ocr_models(repository: Path, sources: OcrSources, progress: Progress) -> list[ArtifactReport]:
+def write_ocr_models(repository: Path, sources: OcrSources) -> list[ArtifactReport]:
     rng = np.random.default_rng(0)
-    task = progress.add_task("OCR models", total=3)
     for name in contract.OCR_MODELS:
         place_model_folder(name, repository)
     det = export_det(sources.det, repository / contract.OCR_DET / "1" / "model.onnx", rng)
-    progress.advance(task)
     rec, characters = export_rec(sources.rec, repository / contract.OCR_REC / "1" / "model.onnx", rng)
-    progress.advance(task)
     (repository / contract.OCR / "1" / "characters.txt").write_text(characters, encoding="utf-8")
-    progress.advance(task)
     return [det, rec]

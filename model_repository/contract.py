@@ -32,3 +32,13 @@ CLIP_TEXT = "clip_text"
 CLIP_TEXT_INPUT_IDS = "input_ids"  # int64 [N, L], from the checkpoint's tokenizer
 CLIP_TEXT_ATTENTION_MASK = "attention_mask"  # int64 [N, L]
 CLIP_EMBEDDINGS = "embeddings"  # float32 [N, D]
+
+# Vision-language models: `reasoner` = base + REASONER LoRA merged; `vlm` = base (GUESSER, describer).
+REASONER = "reasoner"
+VLM = "vlm"
+VLM_MODELS = (REASONER, VLM)
+VLM_PROMPT = "prompt"  # bytes [1]: the user turn; the model applies the checkpoint's chat template
+VLM_IMAGE = "image"  # uint8 RGB [H, W, 3], optional
+VLM_MAX_TOKENS = "max_tokens"  # int32 [1], optional: the model config's default otherwise
+VLM_TEXT = "text"  # bytes [1]: the whole answer (streaming: each response carries the new text)
+VLM_TOKEN_IDS = "token_ids"  # int32 [-1]: generated token ids (streaming: the new ones)

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.error
@@ -282,9 +283,18 @@ def triton_environment(dist: TritonDistribution) -> dict[str, str]:
     env = dict(os.environ)
     # The stub runs the first `python` on PATH's environment: make it this one.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    libs = [str(dist.libs), env.get("LD_LIBRARY_PATH", "")]
+    # The stub links libpython3.x dynamically: it must load this interpreter's, or compiled stdlib
+    # modules (e.g. _ssl from pyenv) fail against a distribution's older libpython.
+    libs = [interpreter_libdir(), str(dist.libs), env.get("LD_LIBRARY_PATH", "")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
     return env
+
+
+def interpreter_libdir() -> str:
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if libdir and soname and (Path(libdir) / soname).is_file():
+        return str(libdir)
+    return ""
 
 
 def check_numpy() -> None:

@@ -1,0 +1,105 @@
+"""The declarative export spec: which checkpoints become which Triton models, for which profile.
+
+One YAML file (`navig export build SPEC.yaml`), validated with pydantic so a typo or a missing
+path is reported by name before any work starts. `navig export demo-checkpoints` writes one
+next to the checkpoints it creates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from navig.export.errors import ExportError
+from navig.export.triton_config import GpuOptions
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VlmSpec(_Section):
+    base: Path  # Qwen2-VL Hugging Face folder: served as `vlm` (GUESSER, describer)
+    reasoner_adapter: Path | None = None  # peft LoRA folder: merged into `reasoner`
+    merge_tolerance: float = 1e-3  # max |logit| difference, merged vs PEFT
+    stream: bool = False  # decoupled models: one response per new piece of text
+    max_tokens: int = Field(128, ge=1, le=4096)
+
+
+class DetectorSpec(_Section):
+    checkpoint: Path  # GroundingDINO Hugging Face folder
+    image_size: tuple[int, int] = (480, 640)  # (height, width) fixed at export: Swin windows
+    top_k: int = Field(100, ge=1)
+
+
+class ClipSpec(_Section):
+    checkpoint: Path  # CLIP Hugging Face folder: `clip_image` and `clip_text`
+
+
+class OcrSpec(_Section):
+    det: Path | None = None  # PP-OCR det ONNX; default: the one shipped in the rapidocr wheel
+    rec: Path | None = None
+
+
+class GpuSpec(_Section):
+    encoders: Literal["tensorrt", "plan"] = "tensorrt"
+    precision: Literal["FP16", "FP32"] = "FP16"
+    trt_cache: str = "/opt/navig/trt_cache"
+    vlm_engine_recipe: bool = False  # also write the TensorRT-LLM engine-build commands
+
+    def options(self) -> GpuOptions:
+        return GpuOptions(encoders=self.encoders, precision=self.precision, trt_cache=self.trt_cache)
+
+
+class ExportSpec(_Section):
+    profile: Literal["cpu", "gpu"] = "cpu"
+    output: Path = Path("build/model_repository")
+    ocr: OcrSpec | None = Field(default_factory=OcrSpec)
+    detector: DetectorSpec | None = None
+    clip: ClipSpec | None = None
+    vlm: VlmSpec | None = None
+    gpu: GpuSpec = Field(default_factory=GpuSpec)
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> ExportSpec:
+        if not any((self.ocr, self.detector, self.clip, self.vlm)):
+            raise ValueError("the spec exports nothing: give at least one of ocr, detector, clip, vlm")
+        return self
+
+    def resolved(self, base: Path) -> ExportSpec:
+        """Relative paths are relative to the spec file's folder."""
+        data = self.model_dump()
+        for section in ("ocr", "detector", "clip", "vlm"):
+            for key, value in (data.get(section) or {}).items():
+                if isinstance(value, Path) and not value.is_absolute():
+                    data[section][key] = base / value
+        if not self.output.is_absolute():
+            data["output"] = Path.cwd() / self.output
+        return ExportSpec.model_validate(data)
+
+
+def load_spec(path: Path) -> ExportSpec:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ExportError(f"export spec not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ExportError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return ExportSpec.model_validate(raw or {}).resolved(path.resolve().parent)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
+        raise ExportError(f"{path}: {problems}") from exc
+
+
+def dump_spec(spec: ExportSpec, path: Path) -> None:
+    data = spec.model_dump(mode="json", exclude_none=True)
+    path.write_text(
+        "# navig export spec: `navig export build "
+        + path.name
+        + "`\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )

@@ -1,0 +1,79 @@
+"""Qwen2-VL generation on TensorRT-LLM's LLM API (PyTorch backend): the gpu profile's VLM engine.
+
+Same two methods as `vlm_engine.TransformersVlm`, so the Triton model and its contract do not
+change between profiles. Written against TensorRT-LLM's documented LLM API (`LLM`,
+`SamplingParams`, prompts with `multi_modal_data`); it cannot run without an NVIDIA GPU and the
+`tensorrt_llm` package, and it has not been run on a GPU by this project yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from navig.model_repository.vlm_engine import Generation
+
+
+class GpuStackMissing(RuntimeError):
+    pass
+
+
+def import_tensorrt_llm() -> Any:
+    try:
+        import tensorrt_llm
+    except ImportError as exc:
+        raise GpuStackMissing(
+            "tensorrt_llm is not installed: the gpu profile's VLMs need the NGC Triton "
+            "TensorRT-LLM container (or `pip install tensorrt-llm` on a CUDA machine)"
+        ) from exc
+    return tensorrt_llm
+
+
+class TrtLlmVlm:
+    def __init__(self, weights: Path, engine_dir: Path | None = None) -> None:
+        """`weights` = merged HF folder (LLM-API path); `engine_dir` = prebuilt engines (optional)."""
+        trtllm = import_tensorrt_llm()
+        from transformers import AutoTokenizer
+
+        self._sampling = trtllm.SamplingParams
+        self.tokenizer = AutoTokenizer.from_pretrained(weights, local_files_only=True)
+        self.llm = trtllm.LLM(model=str(engine_dir or weights), tokenizer=str(weights))
+
+    def _prompt(self, prompt: str, image: np.ndarray | None) -> dict[str, Any]:
+        content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
+        content.append({"type": "text", "text": prompt})
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+        request: dict[str, Any] = {"prompt": text}
+        if image is not None:
+            request["multi_modal_data"] = {"image": [Image.fromarray(image)]}
+        return request
+
+    def generate(self, prompt: str, image: np.ndarray | None, max_new_tokens: int) -> Generation:
+        params = self._sampling(max_tokens=max_new_tokens, temperature=0.0, top_k=1)
+        output = self.llm.generate([self._prompt(prompt, image)], sampling_params=params)[0].outputs[0]
+        return Generation(list(output.token_ids), output.text)
+
+    def stream(self, prompt: str, image: np.ndarray | None, max_new_tokens: int) -> Iterator[Generation]:
+        """Synchronous view of `generate_async(streaming=True)` for the python backend's thread."""
+        import asyncio
+
+        params = self._sampling(max_tokens=max_new_tokens, temperature=0.0, top_k=1)
+        loop = asyncio.new_event_loop()
+        stream = self.llm.generate_async(self._prompt(prompt, image), sampling_params=params, streaming=True)
+        seen_tokens, seen_text = 0, 0
+        try:
+            while True:
+                try:
+                    output = loop.run_until_complete(stream.__anext__()).outputs[0]
+                except StopAsyncIteration:
+                    return
+                yield Generation(list(output.token_ids[seen_tokens:]), output.text[seen_text:])
+                seen_tokens, seen_text = len(output.token_ids), len(output.text)
+        finally:
+            loop.close()
