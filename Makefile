@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 REPOSITORY := build/model_repository
+CHECKPOINTS := build/checkpoints
 
 .PHONY: install repository demo test lint samples bench clean
 
@@ -16,7 +17,8 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 repository: install
-	$(BIN)/navig export ocr --out $(REPOSITORY)
+	$(BIN)/navig export demo-checkpoints --preset tiny --out $(CHECKPOINTS)
+	$(BIN)/navig export build $(CHECKPOINTS)/export.yaml --out $(REPOSITORY)
 
 demo: repository
 	$(BIN)/navig demo --model-repository $(REPOSITORY) --samples samples
@@ -36,4 +38,5 @@ clean:
 	rm -rf build $(VENV)
 
 bench: repository
-	$(BIN)/python benchmarks/ocr_latency.py --model-repository $(REPOSITORY)
+	$(BIN)/python -m benchmarks.ocr_latency --model-repository $(REPOSITORY)
+	$(BIN)/python -m benchmarks.encoders --preset small

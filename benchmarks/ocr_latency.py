@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -22,20 +20,12 @@ from rapidocr import RapidOCR
 from rich.console import Console
 from rich.progress import track
 
+from benchmarks.machine import machine
 from navig.client.images import read_rgb
 from navig.client.triton_ocr import OcrClient
 from navig.export.samples import SAMPLES_DIR, load_samples
 from navig.model_repository.ocr_pipeline import OcrSettings
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
-
-
-def machine() -> dict[str, str | int]:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return {"cpu": cpu, "cores": os.cpu_count() or 0, "python": platform.python_version()}
 
 
 def timed(fn, images: list[np.ndarray], repeats: int, label: str) -> list[float]:

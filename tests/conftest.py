@@ -1,4 +1,4 @@
-"""Session fixtures: one exported model repository and one real Triton server for the suite."""
+"""Session fixtures: tiny demo checkpoints, one full export of them, one real Triton server."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from rich.progress import Progress
 
-from navig.export.ocr import OcrSources
-from navig.export.report import write_report
-from navig.export.repository import REPORT_FILE, write_ocr_models
+from navig.export.build import build
+from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
+from navig.export.report import ArtifactReport
 from navig.export.samples import SAMPLES_DIR, Sample, load_samples
+from navig.export.spec import load_spec
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 
 
@@ -21,12 +22,32 @@ def samples() -> list[Sample]:
 
 
 @pytest.fixture(scope="session")
-def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("checkpoints")
+    build_demo_checkpoints(folder, "tiny")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def _export(
+    demo_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[ArtifactReport]]:
+    """`navig export build` of the tiny checkpoints + PP-OCR for the cpu profile."""
     repository = tmp_path_factory.mktemp("model_repository")
+    spec = load_spec(demo_checkpoints / SPEC_FILE).model_copy(update={"output": repository})
     with Progress(disable=True) as progress:
-        reports = write_ocr_models(repository, OcrSources.from_rapidocr_wheel(), progress)
-    write_report(repository / REPORT_FILE, reports)
-    return repository
+        result = build(spec, progress)
+    return repository, result.reports
+
+
+@pytest.fixture(scope="session")
+def model_repository(_export: tuple[Path, list[ArtifactReport]]) -> Path:
+    return _export[0]
+
+
+@pytest.fixture(scope="session")
+def export_reports(_export: tuple[Path, list[ArtifactReport]]) -> list[ArtifactReport]:
+    return _export[1]
 
 
 @pytest.fixture(scope="session")

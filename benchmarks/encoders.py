@@ -1,0 +1,180 @@
+"""Exported encoders on ONNX Runtime vs the same modules in PyTorch eager, batch 1 and 8.
+
+Builds `--preset` demo checkpoints (default `small`: the real architectures' proportions at CPU
+scale) and exports the detector and CLIP once into build/bench/, then times each encoder both
+ways on the same inputs, same thread count. Medians of `--repeats` runs after a warm-up.
+Run: `make bench`, or `python benchmarks/encoders.py --preset small`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from benchmarks.machine import machine
+from navig.export.build import build
+from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
+from navig.export.spec import load_spec
+from navig.model_repository import contract
+
+BATCHES = (1, 8)
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(samples)
+
+
+def prepare(preset: str, root: Path) -> tuple[Path, Path]:
+    checkpoints, repository = root / f"checkpoints-{preset}", root / f"repository-{preset}"
+    if not (checkpoints / SPEC_FILE).is_file():
+        build_demo_checkpoints(checkpoints, preset)
+    if not (repository / contract.CLIP_TEXT / "1" / "model.onnx").is_file():
+        spec = load_spec(checkpoints / SPEC_FILE)
+        spec = spec.model_copy(update={"output": repository, "ocr": None, "vlm": None})
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            build(spec, progress)
+    return checkpoints, repository
+
+
+def encoders(checkpoints: Path, repository: Path, threads: int) -> dict[str, tuple[Callable, Callable]]:
+    """name -> (eager(batch), ort(batch)) closures over identical inputs."""
+    from transformers import CLIPModel
+
+    from navig.export.checkpoints import load_pretrained
+    from navig.export.clip import ImageEncoder, TextEncoder, load_preprocess, tokenize
+    from navig.export.detector import build_detector
+
+    spec = load_spec(checkpoints / SPEC_FILE)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = lambda name: ort.InferenceSession(str(repository / name / "1" / "model.onnx"), options)  # noqa: E731
+    rng = np.random.default_rng(0)
+    photos = rng.integers(0, 256, (8, 480, 640, 3), dtype=np.uint8)
+    crops = rng.integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
+    ids, mask = tokenize(
+        repository / contract.CLIP_TEXT / "1" / "tokenizer",
+        ["a road sign in Poland", "yellow town sign with black border", "house with a red tiled roof"] * 3,
+    )
+    detector = build_detector(
+        checkpoints / "grounding_dino", image_size=spec.detector.image_size, top_k=spec.detector.top_k
+    )
+    clip = load_pretrained(CLIPModel, checkpoints / "clip", ("clip",))
+    image_encoder = ImageEncoder(clip, load_preprocess(checkpoints / "clip")).eval()
+    text_encoder = TextEncoder(clip).eval()
+    det_s, img_s, txt_s = (
+        session(contract.DETECTOR),
+        session(contract.CLIP_IMAGE),
+        session(contract.CLIP_TEXT),
+    )
+    return {
+        "detector (480x640 photos)": (
+            lambda b: detector(torch.from_numpy(photos[:b])),
+            lambda b: det_s.run(None, {contract.DETECTOR_IMAGES: photos[:b]}),
+        ),
+        "clip_image (224x224 crops)": (
+            lambda b: image_encoder(torch.from_numpy(crops[:b])),
+            lambda b: img_s.run(None, {contract.CLIP_IMAGE_IMAGES: crops[:b]}),
+        ),
+        "clip_text (short clues)": (
+            lambda b: text_encoder(torch.from_numpy(ids[:b]), torch.from_numpy(mask[:b])),
+            lambda b: txt_s.run(
+                None, {contract.CLIP_TEXT_INPUT_IDS: ids[:b], contract.CLIP_TEXT_ATTENTION_MASK: mask[:b]}
+            ),
+        ),
+    }
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['encoder'].split(' ')[0]}\nbatch {r['batch']}" for r in results]
+    x = np.arange(len(results))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.bar(x - 0.2, [r["eager_ms"] for r in results], 0.4, label="PyTorch eager")
+    ax.bar(x + 0.2, [r["ort_ms"] for r in results], 0.4, label="ONNX Runtime (exported)")
+    for i, r in enumerate(results):
+        ax.text(i + 0.2, r["ort_ms"], f"{r['speedup']:.1f}x", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("median latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("Exported encoders vs PyTorch eager (same inputs, same threads)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="small", choices=["tiny", "small"])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--root", type=Path, default=Path("build/bench"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    console = Console()
+    with console.status(f"preparing {args.preset} checkpoints and exports..."):
+        checkpoints, repository = prepare(args.preset, args.root)
+        pairs = encoders(checkpoints, repository, args.threads)
+    results = []
+    with torch.inference_mode():
+        for name, (eager, onnx_run) in track(list(pairs.items()), description="timing encoders"):
+            for batch in BATCHES:
+                eager_ms = median_ms(lambda: eager(batch), args.repeats)  # noqa: B023
+                ort_ms = median_ms(lambda: onnx_run(batch), args.repeats)  # noqa: B023
+                results.append(
+                    {
+                        "encoder": name,
+                        "batch": batch,
+                        "eager_ms": eager_ms,
+                        "ort_ms": ort_ms,
+                        "speedup": eager_ms / ort_ms,
+                    }
+                )
+    table = Table(title=f"{args.preset} preset, {args.threads} threads: median ms")
+    for column in ("encoder", "batch", "PyTorch eager", "ONNX Runtime", "speedup"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r["encoder"],
+            str(r["batch"]),
+            f"{r['eager_ms']:.1f}",
+            f"{r['ort_ms']:.1f}",
+            f"{r['speedup']:.2f}x",
+        )
+    console.print(table)
+    out = args.root / f"encoders-{args.preset}.json"
+    out.write_text(
+        json.dumps(
+            {"machine": machine(), "preset": args.preset, "threads": args.threads, "results": results},
+            indent=2,
+        )
+        + "\n"
+    )
+    plot(results, out.with_suffix(".png"))
+    console.print(f"-> {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

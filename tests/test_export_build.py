@@ -1,0 +1,156 @@
+"""`navig export build`: the spec, the cpu/gpu model configs, the GPU recipes, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+from google.protobuf import text_format
+from rich.progress import Progress
+from tritonclient.grpc import model_config_pb2 as mc
+
+from navig.export.build import build
+from navig.export.demo_checkpoints import SPEC_FILE
+from navig.export.errors import CheckpointError, ExportError
+from navig.export.spec import load_spec
+from navig.export.triton_config import ONNX_MODELS
+from navig.model_repository import contract
+
+ALL_MODELS = (
+    *contract.OCR_MODELS,
+    contract.DETECTOR,
+    contract.CLIP_IMAGE,
+    contract.CLIP_TEXT,
+    *contract.VLM_MODELS,
+)
+
+
+def parse(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def gpu_repository(demo_checkpoints: Path, model_repository: Path, tmp_path_factory) -> Path:
+    """The same checkpoints for the gpu profile (plans + TensorRT-LLM engine recipe)."""
+    out = tmp_path_factory.mktemp("gpu_repository")
+    spec = load_spec(demo_checkpoints / SPEC_FILE)
+    gpu = spec.gpu.model_copy(update={"encoders": "plan", "vlm_engine_recipe": True})
+    with Progress(disable=True) as progress:
+        result = build(spec.model_copy(update={"output": out, "profile": "gpu", "gpu": gpu}), progress)
+    (out / "notes.txt").write_text("\n".join(result.notes))
+    return out
+
+
+def test_triton_loads_every_exported_model(triton):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    for model in ALL_MODELS:
+        assert client.is_model_ready(model), model
+
+
+def test_cpu_configs_parse_and_match_the_contract(model_repository: Path):
+    for model in ALL_MODELS:
+        config = parse(model_repository / model / "config.pbtxt")
+        assert config.name == model and config.backend == "python"
+        if model in ONNX_MODELS:
+            assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
+    detector = parse(model_repository / contract.DETECTOR / "config.pbtxt")
+    assert [i.name for i in detector.input] == [contract.DETECTOR_IMAGES]
+    assert detector.input[0].data_type == mc.TYPE_UINT8
+    outputs = {o.name: o for o in detector.output}
+    assert set(outputs) == {
+        contract.DETECTOR_BOXES,
+        contract.DETECTOR_SCORES,
+        contract.DETECTOR_LABELS,
+        contract.DETECTOR_PROMPT_SCORES,
+    }
+    assert outputs[contract.DETECTOR_LABELS].data_type == mc.TYPE_INT64
+
+
+def test_gpu_configs_parse_with_tritons_schema(gpu_repository: Path, model_repository: Path):
+    for model in ALL_MODELS:
+        config = parse(gpu_repository / model / "config.pbtxt")
+        cpu = parse(model_repository / model / "config.pbtxt")
+        assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+            (i.name, i.data_type, list(i.dims)) for i in cpu.input
+        ], "one contract for both profiles"
+        assert [(o.name, o.data_type) for o in config.output] == [(o.name, o.data_type) for o in cpu.output]
+        if model in ONNX_MODELS:
+            assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
+            assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+            assert config.model_warmup, "engines are built while loading, not on the first request"
+        elif model in contract.VLM_MODELS:
+            assert config.parameters["engine"].string_value == "tensorrt_llm"
+
+
+def test_gpu_onnxruntime_tensorrt_accelerator(demo_checkpoints: Path, tmp_path: Path):
+    spec = load_spec(demo_checkpoints / SPEC_FILE)
+    spec = spec.model_copy(
+        update={"output": tmp_path, "profile": "gpu", "detector": None, "clip": None, "vlm": None}
+    )
+    with Progress(disable=True) as progress:
+        build(spec, progress)
+    config = parse(tmp_path / contract.OCR_DET / "config.pbtxt")
+    assert config.backend == "onnxruntime"
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt"
+    assert accelerator.parameters["precision_mode"] == "FP16"
+    assert accelerator.parameters["trt_engine_cache_enable"] == "1"
+    assert "intra_op_threads" not in config.parameters
+
+
+def test_gpu_build_script_and_honest_note(gpu_repository: Path):
+    script = (gpu_repository / "gpu_build.sh").read_text()
+    for model in ONNX_MODELS:
+        assert f"--saveEngine={gpu_repository / model / '1' / 'model.plan'}" in script
+    assert "--minShapes=images:1x64x64x3" in script
+    assert "trtllm-build" in script and "--max_multimodal_len" in script
+    assert "GPU stack not found" in (gpu_repository / "notes.txt").read_text()
+
+
+@pytest.mark.skipif(
+    "TensorrtExecutionProvider" not in ort.get_available_providers(),
+    reason="needs an NVIDIA GPU with onnxruntime-gpu (TensorRT execution provider); none on this machine",
+)
+def test_tensorrt_matches_cpu_on_the_detector(model_repository: Path):
+    path = str(model_repository / contract.DETECTOR / "1" / "model.onnx")
+    image = np.random.default_rng(0).integers(0, 256, (1, 480, 640, 3), dtype=np.uint8)
+    cpu = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"images": image})
+    trt = ort.InferenceSession(path, providers=["TensorrtExecutionProvider"]).run(None, {"images": image})
+    np.testing.assert_allclose(trt[0], cpu[0], atol=1e-2)
+
+
+def test_spec_errors_are_named(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("profile: tpu\nvlm:\n  base: x\n  colour: red\n")
+    with pytest.raises(ExportError) as info:
+        load_spec(spec)
+    assert "profile" in str(info.value) and "vlm.colour" in str(info.value)
+    with pytest.raises(ExportError, match="export spec not found"):
+        load_spec(tmp_path / "absent.yaml")
+
+
+def test_wrong_architecture_is_refused_before_any_work(demo_checkpoints: Path, tmp_path: Path):
+    spec = load_spec(demo_checkpoints / SPEC_FILE)
+    wrong = spec.detector.model_copy(update={"checkpoint": demo_checkpoints / "clip"})
+    with Progress(disable=True) as progress, pytest.raises(CheckpointError, match="model_type is 'clip'"):
+        build(spec.model_copy(update={"output": tmp_path / "repo", "detector": wrong}), progress)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_cli_reports_errors_without_traceback(demo_checkpoints: Path, tmp_path: Path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"output: {tmp_path / 'repo'}\nocr: null\nvlm:\n  base: {broken}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "navig.client.cli_main", "export", "build", str(spec)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no *.safetensors weights" in result.stderr and "Traceback" not in result.stderr

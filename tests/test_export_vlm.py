@@ -1,0 +1,142 @@
+"""VLM export: LoRA merge checked against PEFT, served generations equal to transformers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from safetensors.torch import load_file
+
+from navig.export.errors import CheckpointError, ExportError
+from navig.export.report import ArtifactReport
+from navig.export.vlm import check_adapter, export_merged_reasoner, parity_images
+from navig.model_repository import contract
+from navig.model_repository.vlm_engine import TransformersVlm
+from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
+
+PROMPT = "Where was this photo taken? Describe the signs."
+
+
+def served(client: grpcclient.InferenceServerClient, model: str, prompt: str, image=None, max_tokens=12):
+    inputs = [grpcclient.InferInput(contract.VLM_PROMPT, [1], "BYTES")]
+    inputs[0].set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+    if image is not None:
+        inputs.append(grpcclient.InferInput(contract.VLM_IMAGE, list(image.shape), "UINT8"))
+        inputs[-1].set_data_from_numpy(image)
+    inputs.append(grpcclient.InferInput(contract.VLM_MAX_TOKENS, [1], "INT32"))
+    inputs[-1].set_data_from_numpy(np.array([max_tokens], np.int32))
+    result = client.infer(model, inputs)
+    return result.as_numpy(contract.VLM_TOKEN_IDS).tolist(), result.as_numpy(contract.VLM_TEXT)[0].decode()
+
+
+def test_merge_parity_is_reported_within_tolerance(export_reports: list[ArtifactReport]):
+    (reasoner,) = [r for r in export_reports if r.model == contract.REASONER]
+    assert reasoner.max_abs_diff is not None and reasoner.tolerance is not None
+    assert reasoner.max_abs_diff <= reasoner.tolerance
+    print(f"\nmerged vs PEFT logits: max abs diff {reasoner.max_abs_diff:.2e}")
+
+
+def test_merge_changes_the_weights(model_repository: Path, demo_checkpoints: Path):
+    base = load_file(demo_checkpoints / "qwen2_vl" / "model.safetensors")
+    merged = load_file(model_repository / contract.REASONER / "1/weights/model.safetensors")
+    assert base.keys() == merged.keys(), "merged checkpoint keeps the base layout (no lora_ tensors)"
+    changed = [k for k in base if not torch.equal(base[k], merged[k])]
+    assert changed and all("visual" not in k and k.endswith("_proj.weight") for k in changed)
+
+
+@pytest.mark.parametrize("model", contract.VLM_MODELS)
+def test_served_generation_is_token_identical_to_transformers(triton, model_repository, model):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    reference = TransformersVlm(model_repository / model / "1" / "weights")
+    for image in [*parity_images(), None]:
+        ids, text = served(client, model, PROMPT, image)
+        expected = reference.generate(PROMPT, image, 12)
+        assert ids == expected.token_ids
+        assert text == expected.text
+
+
+def test_reasoner_and_base_answer_differently(triton):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    image = parity_images()[0]
+    assert (
+        served(client, contract.REASONER, PROMPT, image)[0] != served(client, contract.VLM, PROMPT, image)[0]
+    )
+
+
+def test_bad_requests_get_invalid_argument(triton):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    with pytest.raises(grpcclient.InferenceServerException, match="smaller than 28 px") as info:
+        served(client, contract.VLM, PROMPT, np.zeros((10, 10, 3), np.uint8))
+    assert "INVALID_ARGUMENT" in str(info.value.status())
+    with pytest.raises(grpcclient.InferenceServerException, match="max_tokens must be in"):
+        served(client, contract.VLM, PROMPT, max_tokens=0)
+
+
+def test_streaming_model_sends_pieces_that_add_up(demo_checkpoints: Path, tmp_path: Path):
+    from navig.export.build import build
+    from navig.export.spec import load_spec
+
+    spec = load_spec(demo_checkpoints / "export.yaml")
+    spec = spec.model_copy(
+        update={
+            "output": tmp_path / "repo",
+            "ocr": None,
+            "detector": None,
+            "clip": None,
+            "vlm": spec.vlm.model_copy(update={"stream": True, "reasoner_adapter": None}),
+        }
+    )
+    from rich.progress import Progress
+
+    with Progress(disable=True) as progress:
+        build(spec, progress)
+    assert "decoupled: true" in (tmp_path / "repo" / contract.VLM / "config.pbtxt").read_text()
+    pieces: list[tuple[list[int], str]] = []
+    with EmbeddedTriton(TritonConfig(tmp_path / "repo", ports=TritonPorts.free())) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        errors = []
+
+        def collect(result, error):
+            if error:
+                errors.append(error)
+            elif (ids := result.as_numpy(contract.VLM_TOKEN_IDS)) is not None:  # None: empty final response
+                pieces.append((ids.tolist(), result.as_numpy(contract.VLM_TEXT)[0].decode()))
+
+        client.start_stream(callback=collect)
+        prompt = grpcclient.InferInput(contract.VLM_PROMPT, [1], "BYTES")
+        prompt.set_data_from_numpy(np.array([PROMPT.encode()], dtype=np.object_))
+        client.async_stream_infer(contract.VLM, [prompt], enable_empty_final_response=True)
+        client.stop_stream()
+    assert not errors
+    expected = TransformersVlm(tmp_path / "repo" / contract.VLM / "1" / "weights").generate(PROMPT, None, 128)
+    assert len(pieces) > 1
+    assert [t for ids, _ in pieces for t in ids] == expected.token_ids
+    assert "".join(text for _, text in pieces) == expected.text
+
+
+def test_adapter_errors_name_the_problem(tmp_path: Path, demo_checkpoints: Path):
+    with pytest.raises(CheckpointError, match="adapter folder not found"):
+        check_adapter(tmp_path / "absent")
+    adapter = tmp_path / "adapter"
+    shutil.copytree(demo_checkpoints / "reasoner_lora", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "IA3"}))
+    with pytest.raises(CheckpointError, match="peft_type is 'IA3'"):
+        check_adapter(adapter)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
+    with pytest.raises(CheckpointError, match=r"no adapter_model\.safetensors"):
+        check_adapter(adapter)
+
+
+def test_merge_above_tolerance_fails_and_writes_nothing(tmp_path: Path, demo_checkpoints: Path):
+    with pytest.raises(ExportError, match="merged vs PEFT logits differ"):
+        export_merged_reasoner(
+            demo_checkpoints / "qwen2_vl", demo_checkpoints / "reasoner_lora", tmp_path, 0.0
+        )
+    assert not (tmp_path / contract.REASONER / "1" / "weights").exists()
