@@ -24,6 +24,7 @@ from rich.table import Table
 
 from benchmarks.machine import machine
 from navig.export.build import build
+from navig.export.cli import quiet_transformers
 from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
 from navig.export.spec import load_spec
 from navig.model_repository import contract
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("build/bench"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    quiet_transformers()
     console = Console()
     with console.status(f"preparing {args.preset} checkpoints and exports..."):
         checkpoints, repository = prepare(args.preset, args.root)

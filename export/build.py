@@ -124,7 +124,7 @@ def write_gpu_build(spec: ExportSpec, models: list[str]) -> list[str]:
             "TensorRT builds for this repository (run on the GPU host)",
         )
         notes.append(f"GPU build commands written to {script}")
-    if status := gpu_recipes.gpu_stack_status():
+    if status := gpu_recipes.gpu_stack_status(script_written=bool(commands)):
         notes.append(status)
     return notes
 

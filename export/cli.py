@@ -40,18 +40,16 @@ def run_build(spec: ExportSpec) -> None:
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     table = Table(title=f"{spec.profile} model repository: {result.repository}")
-    for column in ("model", "artifact", "size", "max |diff|", "tolerance", "check", "s"):
+    for column in ("model", "artifact", "size", "max |diff| (tolerance)", "seconds"):
         table.add_column(column)
     for r in result.reports:
-        diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
-        tolerance = "-" if r.tolerance is None else f"{r.tolerance:.0e}"
+        diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e} ({r.tolerance:.0e})"
         path = str(r.path.relative_to(result.repository))
-        table.add_row(
-            r.model, path, f"{r.size_bytes / 1e6:.1f} MB", diff, tolerance, r.check, f"{r.seconds:.1f}"
-        )
+        table.add_row(r.model, path, f"{r.size_bytes / 1e6:.1f} MB", diff, f"{r.seconds:.1f}")
     console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"what each figure compares: {result.repository / REPORT_FILE} ('check')")
     console.print(
         f"{len(result.models)} models in {time.perf_counter() - started:.1f} s; "
         f"report: {result.repository / REPORT_FILE}"
@@ -59,11 +57,19 @@ def run_build(spec: ExportSpec) -> None:
 
 
 def quiet_transformers() -> None:
-    """Our progress bars and report say what happens; transformers' own bars would interleave."""
+    """Our progress bars and report say what happens; the libraries' own chatter would interleave
+    (transformers' bars, deprecation notices, torch.onnx noting that torchvision is absent)."""
+    import logging
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|navig)\.")
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @app.command("build")

@@ -303,12 +303,4 @@ def _check_parity(
 
 
 def _report(name: str, path: Path, diff: float, started: float, check: str) -> ArtifactReport:
-    return ArtifactReport(
-        model=name,
-        path=path,
-        size_bytes=path.stat().st_size,
-        max_abs_diff=diff,
-        tolerance=PARITY_TOLERANCE,
-        seconds=time.perf_counter() - started,
-        check=check,
-    )
+    return ArtifactReport.of_file(name, path, diff, PARITY_TOLERANCE, started, check)

@@ -382,14 +382,13 @@ def export_detector(
     except Exception:
         out.unlink(missing_ok=True)
         raise
-    return ArtifactReport(
-        model=contract.DETECTOR,
-        path=out,
-        size_bytes=out.stat().st_size,
-        max_abs_diff=diff,
-        tolerance=PARITY_TOLERANCE,
-        seconds=time.perf_counter() - started,
-        check=(
+    return ArtifactReport.of_file(
+        contract.DETECTOR,
+        out,
+        diff,
+        PARITY_TOLERANCE,
+        started,
+        (
             f"ORT vs PyTorch detections on {parity_shapes(image_size)} (batch, H, W); max diff over "
             f"reproduced ones; {differing} of {top_k} per image not reproduced (allowed {allowed})"
         ),
@@ -425,6 +424,7 @@ def _export_onnx(detector: PromptedDetector, out: Path, metadata: dict[str, str]
                 (example,),
                 dynamo=True,
                 optimize=False,
+                verbose=False,
                 input_names=[contract.DETECTOR_IMAGES],
                 output_names=list(OUTPUTS),
                 dynamic_shapes={"images": {0: batch, 1: height, 2: width}},

@@ -67,13 +67,14 @@ def write_script(path: Path, commands: list[list[str]], note: str) -> Path:
     return path
 
 
-def gpu_stack_status() -> str | None:
+def gpu_stack_status(script_written: bool) -> str | None:
     """None when the GPU build tools are here; otherwise what is missing, in one sentence."""
     missing = [tool for tool in ("trtexec", "trtllm-build", "nvidia-smi") if shutil.which(tool) is None]
     if not missing:
         return None
+    then = "run gpu_build.sh there, then serve" if script_written else "serve"
     return (
         f"GPU stack not found on this machine ({', '.join(missing)} missing): the gpu profile's "
-        "configs are written but no TensorRT engine is built here; run gpu_build.sh inside the "
-        "NGC Triton TensorRT-LLM container"
+        f"configs are written but nothing was built or run on a GPU here; {then} the repository "
+        "with the NGC Triton TensorRT-LLM container"
     )

@@ -102,15 +102,8 @@ def _save_checked(
         out.unlink()
         raise OcrExportError(f"{name}: exported graph differs from {source.name} by {diff:.2e}")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    return ArtifactReport(
-        model=name,
-        path=out,
-        size_bytes=out.stat().st_size,
-        max_abs_diff=diff,
-        tolerance=PARITY_TOLERANCE,
-        seconds=time.perf_counter() - started,
-        check=f"ORT: exported vs shipped {source.name} (sha256 {digest}...)",
-    )
+    check = f"ORT: exported vs shipped {source.name} (sha256 {digest}...)"
+    return ArtifactReport.of_file(name, out, diff, PARITY_TOLERANCE, started, check)
 
 
 def _session(path: Path) -> ort.InferenceSession:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,13 @@ class ArtifactReport:
     tolerance: float | None
     seconds: float
     check: str = ""  # what was compared, e.g. "ONNX vs PyTorch, 2 images"
+
+    @classmethod
+    def of_file(
+        cls, model: str, path: Path, diff: float, tolerance: float, started: float, check: str
+    ) -> ArtifactReport:
+        """Report for an artifact just written at `path`; `started` is its perf_counter start."""
+        return cls(model, path, folder_size(path), diff, tolerance, time.perf_counter() - started, check)
 
 
 def folder_size(path: Path) -> int:

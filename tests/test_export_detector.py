@@ -12,7 +12,6 @@ import onnxruntime as ort
 import pytest
 from transformers import CLIPConfig
 
-from navig.export.demo_checkpoints.grounding_dino import build_grounding_dino
 from navig.export.detector import (
     OUTPUTS,
     PARITY_TOLERANCE,
@@ -30,10 +29,8 @@ TOP_K = 60  # of 3 x 100 candidates
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("grounding_dino")
-    build_grounding_dino(folder, "tiny")
-    return folder
+def checkpoint(demo_checkpoints: Path) -> Path:
+    return demo_checkpoints / "grounding_dino"
 
 
 @pytest.fixture(scope="module")
