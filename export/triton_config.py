@@ -67,7 +67,8 @@ def to_gpu(name: str, config: mc.ModelConfig, options: GpuOptions) -> mc.ModelCo
     gpu.CopyFrom(config)
     del gpu.instance_group[:]
     if name in ONNX_MODELS:
-        del gpu.parameters["intra_op_threads"]
+        if "intra_op_threads" in gpu.parameters:  # a python-backend knob; ORT backend has its own
+            del gpu.parameters["intra_op_threads"]
         gpu.ClearField("backend")
         if options.encoders == "plan":
             gpu.platform = "tensorrt_plan"
