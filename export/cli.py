@@ -49,10 +49,9 @@ def run_build(spec: ExportSpec) -> None:
     console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
-    console.print(f"what each figure compares: {result.repository / REPORT_FILE} ('check')")
     console.print(
         f"{len(result.models)} models in {time.perf_counter() - started:.1f} s; "
-        f"report: {result.repository / REPORT_FILE}"
+        f"report, with what each figure compares ('check'): {result.repository / REPORT_FILE}"
     )
 
 

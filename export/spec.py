@@ -45,9 +45,9 @@ class OcrSpec(_Section):
 
 
 class GpuSpec(_Section):
-    encoders: Literal["tensorrt", "plan"] = "tensorrt"
-    precision: Literal["FP16", "FP32"] = "FP16"
-    trt_cache: str = "/opt/navig/trt_cache"
+    encoders: Literal["tensorrt", "plan"] = GpuOptions.encoders
+    precision: Literal["FP16", "FP32"] = GpuOptions.precision
+    trt_cache: str = GpuOptions.trt_cache
     vlm_engine_recipe: bool = False  # also write the TensorRT-LLM engine-build commands
 
     def options(self) -> GpuOptions:
@@ -97,9 +97,5 @@ def load_spec(path: Path) -> ExportSpec:
 
 def dump_spec(spec: ExportSpec, path: Path) -> None:
     data = spec.model_dump(mode="json", exclude_none=True)
-    path.write_text(
-        "# navig export spec: `navig export build "
-        + path.name
-        + "`\n"
-        + yaml.safe_dump(data, sort_keys=False)
-    )
+    header = f"# navig export spec: `navig export build {path.name}`\n"
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
