@@ -8,6 +8,7 @@ of merged vision patches as Qwen2-VL's processor does.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from queue import Queue
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+import xgrammar
+from transformers import AutoTokenizer, LogitsProcessorList, Qwen2VLForConditionalGeneration
 from transformers.generation.streamers import BaseStreamer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -66,22 +68,35 @@ class TransformersVlm:
         ).eval()
         config = self.model.config
         self.inputs = VlmInputs(weights, config.vision_config.spatial_merge_size, config.image_token_id)
+        vocabulary = xgrammar.TokenizerInfo.from_huggingface(
+            self.inputs.tokenizer, vocab_size=config.text_config.vocab_size
+        )
+        self._grammars = xgrammar.GrammarCompiler(vocabulary)
 
-    def generate(self, prompt: str, image: np.ndarray | None, max_new_tokens: int) -> Generation:
+    def generate(
+        self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
+    ) -> Generation:
         """Greedy decoding: the answers are deterministic and comparable across engines."""
         inputs = self.inputs(prompt, image)
         with torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                logits_processor=self._constraint(json_schema),
+            )
         token_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
         return Generation(token_ids, self.inputs.decode(token_ids))
 
-    def stream(self, prompt: str, image: np.ndarray | None, max_new_tokens: int) -> Iterator[Generation]:
+    def stream(
+        self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
+    ) -> Iterator[Generation]:
         """Yields each new token with the text it completes (multi-byte characters held back)."""
         inputs = self.inputs(prompt, image)
         streamer = _TokenQueue()
         worker = threading.Thread(
             target=self._generate_into,
-            args=(inputs, max_new_tokens, streamer),
+            args=(inputs, max_new_tokens, self._constraint(json_schema), streamer),
             name="vlm-generate",
             daemon=True,
         )
@@ -103,13 +118,34 @@ class TransformersVlm:
         if pending:
             yield Generation(pending, self.inputs.decode(token_ids)[len(emitted) :])
 
+    def _constraint(self, json_schema: str | None) -> LogitsProcessorList:
+        """xgrammar's token mask for the schema; a processor holds per-generation state, so new each time."""
+        if json_schema is None:
+            return LogitsProcessorList()
+        return LogitsProcessorList([xgrammar.contrib.hf.LogitsProcessor(self._compiled(json_schema))])
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - one engine per model instance, a handful of schemas
+    def _compiled(self, json_schema: str) -> xgrammar.CompiledGrammar:
+        try:
+            return self._grammars.compile_json_schema(json_schema, any_whitespace=False)
+        except Exception as exc:  # xgrammar raises RuntimeError/ValueError for schemas it cannot compile
+            raise ValueError(f"json_schema is not a usable JSON schema: {exc}") from exc
+
     def _generate_into(
-        self, inputs: dict[str, torch.Tensor], max_new_tokens: int, streamer: _TokenQueue
+        self,
+        inputs: dict[str, torch.Tensor],
+        max_new_tokens: int,
+        constraint: LogitsProcessorList,
+        streamer: _TokenQueue,
     ) -> None:
         try:
             with torch.inference_mode():
                 self.model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    logits_processor=constraint,
+                    streamer=streamer,
                 )
         except Exception as exc:
             streamer.fail(exc)

@@ -37,7 +37,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                prompt, image, max_tokens = self._read(request)
+                prompt, image, max_tokens, json_schema = self._read(request)
             except ValueError as exc:
                 responses.append(backend.error_response(str(exc), invalid_argument=True))
                 if self.decoupled:
@@ -45,9 +45,15 @@ class TritonPythonModel:
                 continue
             try:
                 if self.decoupled:
-                    self._stream(request, prompt, image, max_tokens)
+                    self._stream(request, prompt, image, max_tokens, json_schema)
                 else:
-                    responses.append(_response(self.engine.generate(prompt, image, max_tokens)))
+                    responses.append(_response(self.engine.generate(prompt, image, max_tokens, json_schema)))
+            except ValueError as exc:  # e.g. a schema the grammar compiler rejects
+                error = backend.error_response(str(exc), invalid_argument=True)
+                if self.decoupled:
+                    self._finish(request, error)
+                else:
+                    responses.append(error)
             except Exception as exc:
                 error = backend.error_response(f"generation failed: {exc}")
                 if self.decoupled:
@@ -56,10 +62,9 @@ class TritonPythonModel:
                     responses.append(error)
         return None if self.decoupled else responses
 
-    def _read(self, request: Any) -> tuple[str, np.ndarray | None, int]:
+    def _read(self, request: Any) -> tuple[str, np.ndarray | None, int, str | None]:
         prompt_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_PROMPT)
-        prompt = prompt_tensor.as_numpy().reshape(-1)[0]
-        prompt = prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt)
+        prompt = _text(prompt_tensor.as_numpy().reshape(-1)[0])
         image_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_IMAGE)
         image = image_tensor.as_numpy() if image_tensor is not None else None
         if image is not None and min(image.shape[:2]) < 28:
@@ -70,17 +75,25 @@ class TritonPythonModel:
         )
         if not 1 <= max_tokens <= 4096:
             raise ValueError(f"max_tokens must be in 1..4096, got {max_tokens}")
-        return prompt, image, max_tokens
+        schema_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_JSON_SCHEMA)
+        json_schema = _text(schema_tensor.as_numpy().reshape(-1)[0]) if schema_tensor is not None else None
+        return prompt, image, max_tokens, json_schema
 
-    def _stream(self, request: Any, prompt: str, image: np.ndarray | None, max_tokens: int) -> None:
+    def _stream(
+        self, request: Any, prompt: str, image: np.ndarray | None, max_tokens: int, json_schema: str | None
+    ) -> None:
         sender = request.get_response_sender()
-        for piece in self.engine.stream(prompt, image, max_tokens):
+        for piece in self.engine.stream(prompt, image, max_tokens, json_schema):
             sender.send(_response(piece))
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     @staticmethod
     def _finish(request: Any, response: Any) -> None:
         request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _response(generation: Generation) -> Any:

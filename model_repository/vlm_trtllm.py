@@ -37,11 +37,19 @@ class TrtLlmVlm:
     def __init__(self, weights: Path, engine_dir: Path | None = None) -> None:
         """`weights` = merged HF folder (LLM-API path); `engine_dir` = prebuilt engines (optional)."""
         trtllm = import_tensorrt_llm()
+        from tensorrt_llm.sampling_params import GuidedDecodingParams
         from transformers import AutoTokenizer
 
         self._sampling = trtllm.SamplingParams
+        self._guided = GuidedDecodingParams
         self.tokenizer = AutoTokenizer.from_pretrained(weights, local_files_only=True)
-        self.llm = trtllm.LLM(model=str(engine_dir or weights), tokenizer=str(weights))
+        self.llm = trtllm.LLM(
+            model=str(engine_dir or weights), tokenizer=str(weights), guided_decoding_backend="xgrammar"
+        )
+
+    def _params(self, max_new_tokens: int, json_schema: str | None) -> Any:
+        guided = self._guided(json=json_schema) if json_schema is not None else None
+        return self._sampling(max_tokens=max_new_tokens, temperature=0.0, top_k=1, guided_decoding=guided)
 
     def _prompt(self, prompt: str, image: np.ndarray | None) -> dict[str, Any]:
         content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
@@ -54,16 +62,20 @@ class TrtLlmVlm:
             request["multi_modal_data"] = {"image": [Image.fromarray(image)]}
         return request
 
-    def generate(self, prompt: str, image: np.ndarray | None, max_new_tokens: int) -> Generation:
-        params = self._sampling(max_tokens=max_new_tokens, temperature=0.0, top_k=1)
+    def generate(
+        self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
+    ) -> Generation:
+        params = self._params(max_new_tokens, json_schema)
         output = self.llm.generate([self._prompt(prompt, image)], sampling_params=params)[0].outputs[0]
         return Generation(list(output.token_ids), output.text)
 
-    def stream(self, prompt: str, image: np.ndarray | None, max_new_tokens: int) -> Iterator[Generation]:
+    def stream(
+        self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
+    ) -> Iterator[Generation]:
         """Synchronous view of `generate_async(streaming=True)` for the python backend's thread."""
         import asyncio
 
-        params = self._sampling(max_tokens=max_new_tokens, temperature=0.0, top_k=1)
+        params = self._params(max_new_tokens, json_schema)
         loop = asyncio.new_event_loop()
         stream = self.llm.generate_async(self._prompt(prompt, image), sampling_params=params, streaming=True)
         seen_tokens, seen_text = 0, 0

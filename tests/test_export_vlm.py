@@ -22,7 +22,9 @@ from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, Tri
 PROMPT = "Where was this photo taken? Describe the signs."
 
 
-def served(client: grpcclient.InferenceServerClient, model: str, prompt: str, image=None, max_tokens=12):
+def served(
+    client: grpcclient.InferenceServerClient, model: str, prompt: str, image=None, max_tokens=12, schema=None
+):
     inputs = [grpcclient.InferInput(contract.VLM_PROMPT, [1], "BYTES")]
     inputs[0].set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
     if image is not None:
@@ -30,6 +32,9 @@ def served(client: grpcclient.InferenceServerClient, model: str, prompt: str, im
         inputs[-1].set_data_from_numpy(image)
     inputs.append(grpcclient.InferInput(contract.VLM_MAX_TOKENS, [1], "INT32"))
     inputs[-1].set_data_from_numpy(np.array([max_tokens], np.int32))
+    if schema is not None:
+        inputs.append(grpcclient.InferInput(contract.VLM_JSON_SCHEMA, [1], "BYTES"))
+        inputs[-1].set_data_from_numpy(np.array([schema.encode()], dtype=np.object_))
     result = client.infer(model, inputs)
     return result.as_numpy(contract.VLM_TOKEN_IDS).tolist(), result.as_numpy(contract.VLM_TEXT)[0].decode()
 
@@ -75,6 +80,24 @@ def test_bad_requests_get_invalid_argument(triton):
     assert "INVALID_ARGUMENT" in str(info.value.status())
     with pytest.raises(grpcclient.InferenceServerException, match="max_tokens must be in"):
         served(client, contract.VLM, PROMPT, max_tokens=0)
+
+
+def test_json_schema_constrains_even_random_weights(triton):
+    """xgrammar masks every token the schema forbids: random weights still write schema-shaped JSON."""
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 8}, "ok": {"type": "boolean"}},
+        "required": ["city", "ok"],
+        "additionalProperties": False,
+    }
+    image = parity_images()[0]
+    _, text = served(client, contract.VLM, PROMPT, image, max_tokens=64, schema=json.dumps(schema))
+    answer = json.loads(text)
+    assert set(answer) == {"city", "ok"} and isinstance(answer["ok"], bool) and len(answer["city"]) <= 8
+    with pytest.raises(grpcclient.InferenceServerException, match="not a usable JSON schema") as info:
+        served(client, contract.VLM, PROMPT, schema="{not json")
+    assert "INVALID_ARGUMENT" in str(info.value.status())
 
 
 def test_streaming_model_sends_pieces_that_add_up(demo_checkpoints: Path, tmp_path: Path):

@@ -1,0 +1,1 @@
+"""SEARCHER knowledge tools: map search (offline gazetteer or HTTP backends) and guidebook retrieval."""
