@@ -6,7 +6,7 @@ fails raises `ToolUnavailable`: the pipeline records the tool as degraded and ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,3 +59,7 @@ class Guidebook(Protocol):
     def search(self, embeddings: np.ndarray, k: int, threshold: float) -> list[list[GuideHit]]:
         """Per row of `embeddings` (float32 [N, D], L2-normalised): hits above threshold, best first."""
         ...
+
+
+# OCR lines -> (detected language, {ISO country code: prior weight}); from the gazetteer's language model.
+LanguagePrior = Callable[[Sequence[str]], tuple[str, dict[str, float]]]

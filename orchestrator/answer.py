@@ -1,0 +1,59 @@
+"""Validates the VLM GUESSER's JSON: the grammar guarantees its shape, not that it makes sense.
+
+Invalid answers (unknown country, coordinates out of range, an unfinished JSON when the token
+budget ran out) raise `InvalidAnswer`; the pipeline then answers with the evidence guesser and
+flags `vlm_guesser` as degraded with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pycountry
+
+
+class InvalidAnswer(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class VlmAnswer:
+    country: str  # pycountry's English short name
+    country_code: str
+    city: str
+    latitude: float
+    longitude: float
+
+
+def parse_answer(text: str) -> VlmAnswer:
+    try:
+        answer = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidAnswer(f"not complete JSON ({exc.msg} at {exc.pos}); raise max_new_tokens?") from None
+    if not isinstance(answer, dict):
+        raise InvalidAnswer("not a JSON object")
+    latitude, longitude = _number(answer, "latitude", 90), _number(answer, "longitude", 180)
+    country = lookup_country(str(answer.get("country", "")))
+    city = str(answer.get("city", "")).strip()
+    return VlmAnswer(country.name, country.alpha_2, city, latitude, longitude)
+
+
+def lookup_country(name: str) -> Any:  # pycountry does not export its record type
+    """ISO record for a name, official name, common name or alpha-2/3 code."""
+    name = name.strip()
+    try:
+        return pycountry.countries.lookup(name)
+    except LookupError:
+        raise InvalidAnswer(f"unknown country {name[:40]!r}") from None
+
+
+def _number(answer: dict, key: str, limit: float) -> float:
+    value = answer.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidAnswer(f"{key} is not a finite number")
+    if abs(value) > limit:
+        raise InvalidAnswer(f"{key} {value} is outside -{limit}..{limit}")
+    return float(value)

@@ -1,0 +1,1 @@
+"""The public gRPC API (`navig.v1.Geolocator`): the proto and its generated Python stubs."""

@@ -1,0 +1,111 @@
+"""GUESSER: the base VLM answers JSON under a grammar; the evidence guesser stands behind it.
+
+The evidence guesser's answer is always computed (it is cheap). It is the answer when the VLM
+GUESSER is off, fails, or writes something `answer.parse_answer` rejects; the response then says
+so in `answered_by` and lists the VLM's rejection under `degraded`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from navig.model_repository import contract
+from navig.orchestrator import evidence_guesser, prompts
+from navig.orchestrator.answer import InvalidAnswer, VlmAnswer, parse_answer
+from navig.orchestrator.deadline import Deadline
+from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable
+from navig.orchestrator.geo import haversine_km
+from navig.orchestrator.results import Component, Degradation, Location
+from navig.orchestrator.searcher import Findings
+from navig.orchestrator.triton_client import TritonModels
+
+# Confidence of a valid VLM answer: the model states none, so it is read off agreement with the evidence.
+VLM_AGREES_CITY_KM = 25.0
+VLM_CONFIDENCE = {"city": 0.9, "country": 0.7, "alone": 0.5, "disagrees": 0.3}
+EVIDENCE_LINES = 24  # evidence lines the GUESSER prompt carries, most useful tools first
+TOOL_ORDER = ("map", "ocr", "language", "guidebook", "describer")
+
+
+@dataclass
+class Verdict:
+    location: Location | None
+    answered_by: Component
+    reasons: list[str] = field(default_factory=list)
+    guesser_output: str = ""
+    degraded: list[Degradation] = field(default_factory=list)
+
+
+async def decide(
+    triton: TritonModels,
+    image: np.ndarray,
+    reasoning: str,
+    findings: Findings,
+    use_vlm: bool,
+    max_new_tokens: int,
+    deadline: Deadline,
+) -> Verdict:
+    fallback = evidence_guesser.guess(findings.places, findings.country_prior, findings.guide_hits)
+    verdict = _from_evidence(fallback)
+    if not use_vlm:
+        return verdict
+    prompt = prompts.guesser_prompt(reasoning, evidence_lines(findings))
+    try:
+        pieces = triton.generate(
+            contract.VLM, prompt, deadline, image, max_new_tokens, prompts.GUESS_SCHEMA_JSON
+        )
+        verdict.guesser_output = "".join([piece async for piece in pieces])
+        answer = parse_answer(verdict.guesser_output)
+    except (Unavailable, DeadlineExceeded):
+        raise
+    except (PipelineError, InvalidAnswer) as exc:
+        verdict.degraded.append(Degradation("vlm_guesser", f"{type(exc).__name__}: {exc}"))
+        verdict.reasons.insert(0, f"VLM GUESSER answer rejected ({exc}); answered from the evidence")
+        return verdict
+    return Verdict(
+        _vlm_location(answer, fallback),
+        Component.VLM_GUESSER,
+        [_vlm_reason(answer, fallback)],
+        verdict.guesser_output,
+    )
+
+
+def evidence_lines(findings: Findings) -> list[str]:
+    ranked = sorted(
+        (e for e in findings.evidence if e.tool in TOOL_ORDER),
+        key=lambda e: (TOOL_ORDER.index(e.tool), -e.score),
+    )
+    return [f"{e.tool}: {e.query} -> {e.result}" for e in ranked[:EVIDENCE_LINES]]
+
+
+def _from_evidence(guess: evidence_guesser.Guess | None) -> Verdict:
+    if guess is None:
+        return Verdict(None, Component.NONE, ["no component could place the photo: no usable evidence"])
+    location = Location(guess.country, guess.country_code, guess.city, guess.latitude, guess.longitude,
+                        guess.confidence)  # fmt: skip
+    return Verdict(location, Component.EVIDENCE_GUESSER, list(guess.reasons))
+
+
+def _vlm_location(answer: VlmAnswer, evidence: evidence_guesser.Guess | None) -> Location:
+    return Location(answer.country, answer.country_code, answer.city, answer.latitude, answer.longitude,
+                    VLM_CONFIDENCE[_agreement(answer, evidence)])  # fmt: skip
+
+
+def _agreement(answer: VlmAnswer, evidence: evidence_guesser.Guess | None) -> str:
+    if evidence is None:
+        return "alone"
+    if evidence.country_code != answer.country_code:
+        return "disagrees"
+    distance = haversine_km(answer.latitude, answer.longitude, evidence.latitude, evidence.longitude)
+    return "city" if distance <= VLM_AGREES_CITY_KM else "country"
+
+
+def _vlm_reason(answer: VlmAnswer, evidence: evidence_guesser.Guess | None) -> str:
+    agreement = {
+        "city": "the evidence points within 25 km",
+        "country": "the evidence points to the same country",
+        "alone": "no evidence to check it against",
+        "disagrees": f"the evidence points to {evidence.country_code if evidence else ''} instead",
+    }[_agreement(answer, evidence)]
+    return f"VLM GUESSER (grammar-constrained JSON): {answer.city or '?'}, {answer.country}; {agreement}"

@@ -1,0 +1,127 @@
+"""One photo through REASONER || SEARCHER -> GUESSER, as asyncio tasks over Triton.
+
+REASONER and SEARCHER start together and run concurrently (the response's stage timings show
+the overlap); the GUESSER waits for both. Structured concurrency (TaskGroup): when the deadline
+passes or the client goes away every call still running is cancelled, none is leaked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from navig.model_repository import contract
+from navig.orchestrator import guesser, prompts
+from navig.orchestrator.deadline import Deadline
+from navig.orchestrator.errors import DeadlineExceeded, InvalidInput
+from navig.orchestrator.images import ImageRejected, decode_image, downscale
+from navig.orchestrator.metrics import Metrics
+from navig.orchestrator.results import Emit, Outcome, ReasoningDelta
+from navig.orchestrator.searcher import Findings, Searcher, ToolSwitches
+from navig.orchestrator.settings import Settings
+from navig.orchestrator.timeline import Timeline
+from navig.orchestrator.triton_client import TritonModels
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The request's switches, already merged with the server's settings."""
+
+    use_reasoner: bool
+    tools: ToolSwitches
+    use_vlm_guesser: bool
+    max_new_tokens: int
+
+
+class Pipeline:
+    def __init__(
+        self, settings: Settings, triton: TritonModels, searcher: Searcher, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.triton = triton
+        self.searcher = searcher
+        self.metrics = metrics
+
+    def required_models(self) -> list[str]:
+        """The Triton models the server's default configuration calls: health depends on them."""
+        s = self.settings
+        models = [contract.DETECTOR]
+        models += [contract.OCR] if s.use_ocr else []
+        models += [contract.CLIP_IMAGE] if s.use_guidebook and self.searcher.guidebook is not None else []
+        models += [contract.REASONER] if s.use_reasoner else []
+        models += [contract.VLM] if s.use_describer or s.use_vlm_guesser else []
+        return models
+
+    async def run(self, data: bytes, options: RunOptions, deadline: Deadline, emit: Emit) -> Outcome:
+        timeline = Timeline(emit, self.metrics)
+        s = self.settings
+        with timeline.stage("decode"):
+            try:
+                image = await asyncio.to_thread(
+                    decode_image, data, s.max_image_bytes, s.max_image_pixels, s.min_image_side
+                )
+            except ImageRejected as exc:
+                raise InvalidInput(str(exc)) from None
+        vlm_view = downscale(image, s.vlm_image_max_side)
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                reasoning, findings = await self._reason_and_search(
+                    image, vlm_view, options, deadline, timeline, emit
+                )
+                with timeline.stage("guesser"):
+                    verdict = await guesser.decide(
+                        self.triton, vlm_view, reasoning, findings, options.use_vlm_guesser,
+                        options.max_new_tokens, deadline,
+                    )  # fmt: skip
+        except TimeoutError:
+            raise DeadlineExceeded("deadline exceeded") from None
+        return Outcome(
+            location=verdict.location,
+            answered_by=verdict.answered_by,
+            reasoning=reasoning,
+            evidence=findings.evidence,
+            timings=timeline.stages,
+            degraded=findings.degraded + verdict.degraded,
+            reasons=verdict.reasons,
+            guesser_output=verdict.guesser_output,
+        )
+
+    async def _reason_and_search(
+        self, image: np.ndarray, vlm_view: np.ndarray, options: RunOptions, deadline: Deadline,
+        timeline: Timeline, emit: Emit,
+    ) -> tuple[str, Findings]:  # fmt: skip
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                reasoning = tasks.create_task(self._reason(vlm_view, options, deadline, timeline, emit))
+                with timeline.stage("searcher"):
+                    findings = await self.searcher.run(image, options.tools, deadline, timeline, emit)
+        except BaseExceptionGroup as group:  # the first failure tells the story; the rest were cancelled
+            raise _first(group) from None
+        return reasoning.result(), findings
+
+    async def _reason(
+        self, image: np.ndarray, options: RunOptions, deadline: Deadline, timeline: Timeline, emit: Emit
+    ) -> str:
+        if not options.use_reasoner:
+            return ""
+        text = []
+        with timeline.stage("reasoner"):
+            async for piece in self.triton.generate(
+                contract.REASONER, prompts.REASONER, deadline, image, options.max_new_tokens
+            ):
+                text.append(piece)
+                emit(ReasoningDelta(piece))
+        return "".join(text)
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+def _loop_time(deadline: Deadline) -> float:
+    """The deadline on the event loop's clock (both are monotonic, their origins may differ)."""
+    return asyncio.get_running_loop().time() + deadline.remaining()

@@ -1,0 +1,144 @@
+"""The orchestrator's only door to Triton: asyncio gRPC calls with deadlines, metrics and clear errors.
+
+Tensors in and out are numpy; failures become the pipeline's errors (UNAVAILABLE when Triton is
+gone, DEADLINE_EXCEEDED when the request's time is up, INTERNAL naming the model otherwise).
+Decoupled (streaming) models are called through the stream API; others with unary infer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton
+from tritonclient.grpc import InferInput
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from navig.model_repository import contract
+from navig.orchestrator.deadline import Deadline
+from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable
+from navig.orchestrator.metrics import Metrics
+
+
+class TritonModels:
+    def __init__(self, url: str, metrics: Metrics, max_message_bytes: int) -> None:
+        self.url = url
+        self._metrics = metrics
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        self._client = triton.InferenceServerClient(url, channel_args=options)
+        self._decoupled: dict[str, bool] = {}
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ready(self, models: Sequence[str]) -> bool:
+        """Triton is live and every model in `models` is loaded; never raises."""
+        try:
+            return all([await self._client.is_model_ready(m, client_timeout=2.0) for m in models])
+        except (InferenceServerException, grpc.RpcError, OSError):
+            return False
+
+    async def versions(self, models: Sequence[str]) -> dict[str, str]:
+        """The loaded version of each model (what answered, for the response)."""
+        versions = {}
+        for model in models:
+            try:
+                metadata = await self._client.get_model_metadata(model, client_timeout=2.0)
+                versions[model] = max(metadata.versions, key=int) if metadata.versions else ""
+            except (InferenceServerException, grpc.RpcError):
+                versions[model] = ""
+        return versions
+
+    async def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], deadline: Deadline
+    ) -> dict[str, np.ndarray]:
+        """One unary inference; returns every output by name."""
+        started = time.perf_counter()
+        try:
+            result = await self._client.infer(model, _tensors(inputs), client_timeout=deadline.remaining())
+        except InferenceServerException as exc:
+            raise self._failure(model, exc) from None
+        finally:
+            self._metrics.triton_latency.labels(model).observe(time.perf_counter() - started)
+        response = result.get_response()
+        return {output.name: result.as_numpy(output.name) for output in response.outputs}
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str,
+        deadline: Deadline,
+        image: np.ndarray | None = None,
+        max_tokens: int | None = None,
+        json_schema: str | None = None,
+    ) -> AsyncIterator[str]:
+        """A VLM answer as pieces of text: many for a decoupled model, one otherwise."""
+        inputs: dict[str, np.ndarray] = {contract.VLM_PROMPT: np.array([prompt.encode()], dtype=np.object_)}
+        if image is not None:
+            inputs[contract.VLM_IMAGE] = image
+        if max_tokens is not None:
+            inputs[contract.VLM_MAX_TOKENS] = np.array([max_tokens], np.int32)
+        if json_schema is not None:
+            inputs[contract.VLM_JSON_SCHEMA] = np.array([json_schema.encode()], dtype=np.object_)
+        if not await self._is_decoupled(model, deadline):
+            outputs = await self.infer(model, inputs, deadline)
+            yield outputs[contract.VLM_TEXT].reshape(-1)[0].decode("utf-8")
+            return
+        async for piece in self._stream(model, inputs, deadline):
+            yield piece
+
+    async def _stream(
+        self, model: str, inputs: Mapping[str, np.ndarray], deadline: Deadline
+    ) -> AsyncIterator[str]:
+        async def one_request() -> AsyncIterator[dict]:
+            yield {"model_name": model, "inputs": _tensors(inputs)}  # then half-close: Triton ends the stream
+
+        started = time.perf_counter()
+        responses = self._client.stream_infer(one_request(), stream_timeout=deadline.remaining())
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise self._failure(model, error)
+                if (text := result.as_numpy(contract.VLM_TEXT)) is not None:
+                    yield text.reshape(-1)[0].decode("utf-8")
+        except grpc.RpcError as exc:
+            raise self._failure(
+                model, InferenceServerException(exc.details(), status=str(exc.code()))
+            ) from None
+        finally:
+            responses.cancel()
+            self._metrics.triton_latency.labels(model).observe(time.perf_counter() - started)
+
+    async def _is_decoupled(self, model: str, deadline: Deadline) -> bool:
+        if model not in self._decoupled:
+            try:
+                config = await self._client.get_model_config(
+                    model, client_timeout=min(5.0, deadline.remaining())
+                )
+            except InferenceServerException as exc:
+                raise self._failure(model, exc) from None
+            self._decoupled[model] = config.config.model_transaction_policy.decoupled
+        return self._decoupled[model]
+
+    def _failure(self, model: str, exc: InferenceServerException) -> PipelineError:
+        status = str(exc.status() or "")
+        self._metrics.triton_errors.labels(model, status.removeprefix("StatusCode.") or "UNKNOWN").inc()
+        if "DEADLINE_EXCEEDED" in status:
+            return DeadlineExceeded(f"deadline exceeded while waiting for Triton model '{model}'")
+        if "UNAVAILABLE" in status:
+            return Unavailable(f"Triton at {self.url} is unavailable ({exc.message()})")
+        return PipelineError(f"Triton model '{model}' failed: {exc.message()}")
+
+
+def _tensors(inputs: Mapping[str, np.ndarray]) -> list[InferInput]:
+    tensors = []
+    for name, array in inputs.items():
+        tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array if array.dtype == np.object_ else np.ascontiguousarray(array))
+        tensors.append(tensor)
+    return tensors
