@@ -1,57 +1,95 @@
-"""`navig demo`: the main job end to end on the sample signs, on the embedded Triton server."""
+"""`navig demo`: the whole pipeline on the sample signs, through `Locate` on the embedded stack."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.panel import Panel
+from rich.progress import Progress
 from rich.table import Table
 
-from navig.client.images import read_rgb
-from navig.client.triton_ocr import OcrClient
-from navig.export.samples import load_samples
+from navig.client.geolocator import GeolocatorClient
+from navig.export.samples import Sample, load_samples
+from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
+from navig.orchestrator.geo import haversine_km
+from navig.orchestrator.server import OrchestratorThread
+from navig.orchestrator.settings import load_settings
+
+CITY_KM = 25.0
 
 
-def run_demo(model_repository: Path, samples_dir: Path, console: Console) -> int:
-    """Returns the number of signs read exactly."""
+def run_demo(model_repository: Path, samples_dir: Path, console: Console) -> float:
+    """Returns the share of samples whose country was found."""
     samples = load_samples(samples_dir)
     config = TritonConfig(model_repository, ports=TritonPorts.free(), log_file=Path("build/demo-triton.log"))
-    with console.status("starting the embedded Triton server..."):
-        started = time.perf_counter()
-        triton = EmbeddedTriton(config)
-        triton.start()
-    console.print(
-        f"Triton ready on {triton.grpc_url} in {time.perf_counter() - started:.1f} s (log: {config.log_file})"
-    )
-    table = Table(title="OCR through Triton (gRPC) on the sample signs")
-    for column in ("image", "place (ground truth)", "what the sign says", "exact", "ms"):
-        table.add_column(column)
-    latencies, exact = [], 0
-    try:
-        client = OcrClient(triton.grpc_url)
+    started = time.perf_counter()
+    with console.status("starting the embedded Triton server..."), EmbeddedTriton(config) as triton:
+        console.print(f"Triton ready on {triton.grpc_url} in {time.perf_counter() - started:.1f} s")
+        settings = load_settings(triton_url=triton.grpc_url, port=0, metrics_port=0, log_json=False)
+        with console.status("starting the Geolocator service..."), OrchestratorThread(settings) as server:
+            console.print(f"Geolocator serving on {server.address}")
+            answers = _locate_all(server.address, samples, samples_dir)
+    _print_detail(console, samples[0], answers[0])
+    return _print_summary(console, samples, answers)
+
+
+def _locate_all(address: str, samples: list[Sample], samples_dir: Path) -> list[pb.LocateResponse]:
+    answers = []
+    with GeolocatorClient(address) as client, Progress(transient=True) as progress:
+        task = progress.add_task("Locate on the samples", total=len(samples))
         for sample in samples:
-            image = read_rgb(samples_dir / sample.file)
-            t0 = time.perf_counter()
-            lines = client.read(image)
-            latencies.append((time.perf_counter() - t0) * 1e3)
-            ok = sample.read_exactly([line.text for line in lines])
-            exact += ok
-            table.add_row(
-                sample.file,
-                f"{sample.place} ({sample.country_code})",
-                " | ".join(line.text for line in lines),
-                "[green]yes[/green]" if ok else "[red]no[/red]",
-                f"{latencies[-1]:.0f}",
-            )
-        client.close()
-    finally:
-        triton.stop()
+            answers.append(client.locate((samples_dir / sample.file).read_bytes()))
+            progress.advance(task)
+    return answers
+
+
+def _print_detail(console: Console, sample: Sample, answer: pb.LocateResponse) -> None:
+    loc = answer.location
+    lines = [
+        f"[bold]{loc.city}, {loc.country}[/bold] ({loc.country_code}) {loc.latitude:.3f},{loc.longitude:.3f}",
+        f"confidence {loc.confidence:.2f}, answered by {_component(answer)}: " + "; ".join(answer.reasons),
+        f"reasoning (placeholder weights): {answer.reasoning[:160]!r}",
+        *(f"degraded: {d.component}: {d.reason}" for d in answer.degraded),
+    ]
+    title = f"{sample.file}: truth {sample.place} ({sample.country_code})"
+    console.print(Panel.fit("\n".join(lines), title=title))
+    evidence = Table("tool", "query", "result", "source", "score", title="evidence")
+    for e in answer.evidence:
+        evidence.add_row(e.tool, e.query[:40], e.result[:60], e.source, f"{e.score:.2f}")
+    timings = Table("stage", "start ms", "duration ms", title="stage timings")
+    for t in sorted(answer.timings, key=lambda t: t.start_ms):
+        timings.add_row(t.stage, f"{t.start_ms:.0f}", f"{t.duration_ms:.0f}")
+    console.print(evidence, timings)
+
+
+def _print_summary(console: Console, samples: list[Sample], answers: list[pb.LocateResponse]) -> float:
+    table = Table("image", "truth", "answer", "by", "km off", "read", "ms", title="Locate on every sample")
+    countries = cities = 0
+    for sample, answer in zip(samples, answers):
+        loc = answer.location
+        km = haversine_km(sample.latitude, sample.longitude, loc.latitude, loc.longitude)
+        countries += loc.country_code == sample.country_code
+        cities += km <= CITY_KM
+        read = " | ".join(e.result for e in answer.evidence if e.tool == "ocr")
+        ok = "green" if km <= CITY_KM else "yellow" if loc.country_code == sample.country_code else "red"
+        truth, guess = f"{sample.place} ({sample.country_code})", f"[{ok}]{loc.city} ({loc.country_code})"
+        by, ms = _component(answer), f"{answer.total_ms:.0f}"
+        table.add_row(sample.file, truth, guess, by, f"{km:.0f}", read[:40], ms)
     console.print(table)
+    by = Counter(_component(a) for a in answers)
+    latencies = [a.total_ms for a in answers]
     console.print(
-        f"{exact}/{len(samples)} signs read exactly; OCR latency median "
-        f"{statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms (first request included)"
+        f"country correct {countries}/{len(samples)}, city within {CITY_KM:.0f} km {cities}/{len(samples)}; "
+        f"answered by {dict(by)}; latency median {statistics.median(latencies):.0f} ms, "
+        f"max {max(latencies):.0f} ms"
     )
-    return exact
+    return countries / len(samples)
+
+
+def _component(answer: pb.LocateResponse) -> str:
+    return pb.Component.Name(answer.answered_by).lower()

@@ -1,7 +1,9 @@
-"""`navig triton ...`: run the embedded Triton server on its own."""
+"""`navig serve` (Triton + the Geolocator service) and `navig triton serve` (Triton on its own)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -17,6 +19,8 @@ from navig.orchestrator.embedded_triton import (
     TritonLaunchError,
     TritonPorts,
 )
+from navig.orchestrator.server import Orchestrator
+from navig.orchestrator.settings import Settings, SettingsError, load_settings
 
 triton_app = typer.Typer(help="The embedded Triton Inference Server.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
@@ -68,3 +72,63 @@ def serve(
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def serve_geolocator(
+    config: Annotated[
+        Path | None, typer.Option(help="Settings file (YAML); NAVIG_* variables override it.")
+    ] = None,
+    triton_url: Annotated[
+        str | None, typer.Option(help="Use this running Triton (gRPC) instead of starting the embedded one.")
+    ] = None,
+    model_repository: Annotated[Path, typer.Option(help="Served by the embedded Triton.")] = Path(
+        "build/model_repository"
+    ),
+    host: Annotated[str | None, typer.Option(help="Address of the gRPC and metrics endpoints.")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port of the Geolocator service.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port.")] = None,
+) -> None:
+    """Serve the Geolocator gRPC service (and the embedded Triton unless --triton-url) until Ctrl-C."""
+    try:
+        settings = load_settings(
+            config, host=host, port=port, metrics_port=metrics_port, triton_url=triton_url
+        )
+    except SettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    triton = None
+    try:
+        if triton_url is None:
+            ports = TritonPorts.free()
+            triton = EmbeddedTriton(TritonConfig(model_repository, host=settings.host, ports=ports))
+            with console.status(f"starting the embedded Triton on {model_repository}..."):
+                triton.start()
+            settings = settings.model_copy(update={"triton_url": triton.grpc_url})
+            console.print(f"Triton ready: gRPC {triton.grpc_url}  metrics {triton.metrics_url}")
+        asyncio.run(_serve(settings))
+    except (TritonLaunchError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        if triton is not None:
+            triton.stop()
+
+
+async def _serve(settings: Settings) -> None:
+    orchestrator = Orchestrator(settings)
+    with console.status("loading tools (the gazetteer is built on first use)..."):
+        port = await orchestrator.start()
+    metrics = (
+        f"  metrics http://{settings.host}:{orchestrator.metrics_port}/metrics"
+        if orchestrator.metrics_port
+        else ""
+    )
+    console.print(f"Geolocator serving on {settings.host}:{port}{metrics}  (Ctrl-C stops)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop.wait()
+    console.print(f"draining in-flight requests (up to {settings.shutdown_grace_s:.0f} s)...")
+    await orchestrator.stop()

@@ -14,6 +14,8 @@ from navig.export.report import ArtifactReport
 from navig.export.samples import SAMPLES_DIR, Sample, load_samples
 from navig.export.spec import load_spec
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
+from navig.orchestrator.server import OrchestratorThread
+from navig.orchestrator.settings import Settings, load_settings
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +59,15 @@ def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def geolocator_settings(triton: EmbeddedTriton) -> Settings:
+    """The service's defaults, on free ports, against the session's Triton."""
+    return load_settings(triton_url=triton.grpc_url, port=0, metrics_port=0, log_json=False)
+
+
+@pytest.fixture(scope="session")
+def geolocator(geolocator_settings: Settings) -> Iterator[OrchestratorThread]:
+    with OrchestratorThread(geolocator_settings) as server:
+        yield server
