@@ -19,7 +19,6 @@ from navig.orchestrator.embedded_triton import (
     TritonLaunchError,
     TritonPorts,
 )
-from navig.orchestrator.server import Orchestrator
 from navig.orchestrator.settings import Settings, SettingsError, load_settings
 
 triton_app = typer.Typer(help="The embedded Triton Inference Server.", no_args_is_help=True)
@@ -115,6 +114,8 @@ def serve_geolocator(
 
 
 async def _serve(settings: Settings) -> None:
+    from navig.orchestrator.server import Orchestrator  # the CLI's other verbs need none of it
+
     orchestrator = Orchestrator(settings)
     with console.status("loading tools (the gazetteer is built on first use)..."):
         port = await orchestrator.start()

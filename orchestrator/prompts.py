@@ -38,8 +38,8 @@ Answer with the country, the city and the coordinates in JSON."""
 GUESS_SCHEMA = {
     "type": "object",
     "properties": {
-        "country": {"type": "string", "maxLength": 64},
-        "city": {"type": "string", "maxLength": 64},
+        "country": {"type": "string", "maxLength": 48},
+        "city": {"type": "string", "maxLength": 48},
         "latitude": {"type": "number"},
         "longitude": {"type": "number"},
     },

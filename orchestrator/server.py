@@ -119,6 +119,15 @@ class OrchestratorThread:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
 
+    def pending_tasks(self) -> int:
+        """asyncio tasks alive on the server's loop besides the health watcher (0 when idle)."""
+
+        async def count() -> int:
+            current = asyncio.current_task()
+            return sum(t is not current and t is not self.orchestrator._watch for t in asyncio.all_tasks())
+
+        return self._call(count()).result()
+
     def _call(self, coroutine: Coroutine[Any, Any, Any]) -> Future:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
