@@ -119,14 +119,16 @@ class OrchestratorThread:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
 
-    def pending_tasks(self) -> int:
-        """asyncio tasks alive on the server's loop besides the health watcher (0 when idle)."""
+    def pipeline_tasks(self) -> list[str]:
+        """asyncio tasks of ours still alive on the server's loop (none when idle): a leak detector."""
 
-        async def count() -> int:
-            current = asyncio.current_task()
-            return sum(t is not current and t is not self.orchestrator._watch for t in asyncio.all_tasks())
+        async def ours() -> list[str]:
+            skip = (asyncio.current_task(), self.orchestrator._watch)
+            frames = [getattr(t.get_coro(), "cr_frame", None) for t in asyncio.all_tasks() if t not in skip]
+            names = [(f.f_globals.get("__name__", ""), f.f_code.co_qualname) for f in frames if f is not None]
+            return [name for module, name in names if module.startswith("navig.")]
 
-        return self._call(count()).result()
+        return self._call(ours()).result()
 
     def _call(self, coroutine: Coroutine[Any, Any, Any]) -> Future:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)

@@ -120,7 +120,7 @@ def test_one_millisecond_deadline_is_exceeded_and_the_server_stays_healthy(
             with pytest.raises(grpc.RpcError) as info:
                 client.locate(sample_bytes(samples[0]), FAST, timeout_s=timeout_s)
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        _wait_for(lambda: geolocator.pending_tasks() == 0, timeout_s=5)  # nothing left running for them
+        _wait_for(lambda: not geolocator.pipeline_tasks(), timeout_s=5)  # nothing left running for them
         assert health_status(geolocator.address) == health_pb2.HealthCheckResponse.SERVING
         assert_well_formed(client.locate(sample_bytes(samples[0]), FAST))
 
