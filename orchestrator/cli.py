@@ -20,6 +20,7 @@ from navig.orchestrator.embedded_triton import (
     TritonPorts,
 )
 from navig.orchestrator.settings import Settings, SettingsError, load_settings
+from navig.orchestrator.tools.gazetteer.cli import open_with_progress
 
 triton_app = typer.Typer(help="The embedded Triton Inference Server.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
@@ -116,8 +117,10 @@ def serve_geolocator(
 async def _serve(settings: Settings) -> None:
     from navig.orchestrator.server import Orchestrator  # the CLI's other verbs need none of it
 
+    if settings.map_backend == "gazetteer" and settings.use_map_search:
+        open_with_progress(settings.gazetteer_dir, console)  # built here, once, with a progress bar
     orchestrator = Orchestrator(settings)
-    with console.status("loading tools (the gazetteer is built on first use)..."):
+    with console.status("loading tools..."):
         port = await orchestrator.start()
     metrics = (
         f"  metrics http://{settings.host}:{orchestrator.metrics_port}/metrics"

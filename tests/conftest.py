@@ -16,6 +16,7 @@ from navig.export.spec import load_spec
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 from navig.orchestrator.server import OrchestratorThread
 from navig.orchestrator.settings import Settings, load_settings
+from navig.orchestrator.tools.gazetteer.index import GazetteerIndex
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +63,17 @@ def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
-def geolocator_settings(triton: EmbeddedTriton) -> Settings:
+def gazetteer_index(tmp_path_factory: pytest.TempPathFactory) -> GazetteerIndex:
+    """The real offline gazetteer, built once from the GeoNames data in the installed wheels."""
+    return GazetteerIndex.open(tmp_path_factory.mktemp("gazetteer") / "index")
+
+
+@pytest.fixture(scope="session")
+def geolocator_settings(triton: EmbeddedTriton, gazetteer_index: GazetteerIndex) -> Settings:
     """The service's defaults, on free ports, against the session's Triton."""
-    return load_settings(triton_url=triton.grpc_url, port=0, metrics_port=0, log_json=False)
+    return load_settings(
+        triton_url=triton.grpc_url, port=0, metrics_port=0, log_json=False, gazetteer_dir=gazetteer_index.path
+    )
 
 
 @pytest.fixture(scope="session")
