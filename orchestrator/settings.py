@@ -62,7 +62,16 @@ class Settings(BaseSettings):
     map_url: str | None = Field(None, description="base URL of the nominatim/photon backend")
     map_user_agent: str = "navig-serve/0.1 (+https://github.com/navig-serve)"
     map_limit: int = Field(5, ge=1, le=50)
-    gazetteer_dir: Path | None = Field(None, description="default: ~/.cache/navig, built on first use")
+    map_timeout_s: float = Field(10.0, gt=0)
+    map_retries: int = Field(3, ge=0)
+    map_min_interval_s: float | None = Field(
+        None,
+        ge=0,
+        description="spacing between requests; None: 1 s for nominatim (its usage policy), 0 for photon",
+    )
+    map_cache_size: int = Field(1024, ge=0)
+    gazetteer_dir: Path | None = Field(None, description="None: ~/.cache/navig/gazetteer, built on first use")
+    language_high_accuracy: bool = Field(True, description="lingua's full models (~1 GB) or trigrams (60 MB)")
     guidebook_dir: Path | None = Field(None, description="`navig guidebook build` output; None: none")
     guidebook_k: int = Field(3, ge=1)
     guidebook_threshold: float = Field(0.25, ge=-1, le=1)
