@@ -17,11 +17,13 @@ from navig.export.cli import app as export_app
 from navig.orchestrator.cli import serve_geolocator, triton_app
 from navig.orchestrator.embedded_triton import TritonLaunchError
 from navig.orchestrator.tools.gazetteer.cli import gazetteer_app
+from navig.orchestrator.tools.guidebook.cli import guidebook_app
 
 app = typer.Typer(help="navig-serve: Triton-served NAVIG geo-localization.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 app.add_typer(triton_app, name="triton")
 app.add_typer(gazetteer_app, name="gazetteer")
+app.add_typer(guidebook_app, name="guidebook")
 app.command("serve")(serve_geolocator)
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)

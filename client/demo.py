@@ -15,6 +15,7 @@ from rich.table import Table
 from navig.client.geolocator import GeolocatorClient
 from navig.export.samples import Sample, load_samples
 from navig.orchestrator.api import geolocator_pb2 as pb
+from navig.orchestrator.cli import prepare_tools
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 from navig.orchestrator.geo import haversine_km
 from navig.orchestrator.server import OrchestratorThread
@@ -31,6 +32,7 @@ def run_demo(model_repository: Path, samples_dir: Path, console: Console) -> flo
     with console.status("starting the embedded Triton server..."), EmbeddedTriton(config) as triton:
         console.print(f"Triton ready on {triton.grpc_url} in {time.perf_counter() - started:.1f} s")
         settings = load_settings(triton_url=triton.grpc_url, port=0, metrics_port=0, log_json=False)
+        settings = prepare_tools(settings, model_repository, console)
         with console.status("starting the Geolocator service..."), OrchestratorThread(settings) as server:
             console.print(f"Geolocator serving on {server.address}")
             answers = _locate_all(server.address, samples, samples_dir)

@@ -21,6 +21,9 @@ from navig.orchestrator.embedded_triton import (
 )
 from navig.orchestrator.settings import Settings, SettingsError, load_settings
 from navig.orchestrator.tools.gazetteer.cli import open_with_progress
+from navig.orchestrator.tools.gazetteer.index import GazetteerError
+from navig.orchestrator.tools.guidebook.build import ensure_default_guidebook
+from navig.orchestrator.tools.guidebook.entries import GuidebookError
 
 triton_app = typer.Typer(help="The embedded Triton Inference Server.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
@@ -105,8 +108,9 @@ def serve_geolocator(
                 triton.start()
             settings = settings.model_copy(update={"triton_url": triton.grpc_url})
             console.print(f"Triton ready: gRPC {triton.grpc_url}  metrics {triton.metrics_url}")
+        settings = prepare_tools(settings, model_repository if triton_url is None else None, console)
         asyncio.run(_serve(settings))
-    except (TritonLaunchError, OSError) as exc:
+    except (TritonLaunchError, OSError, GazetteerError, GuidebookError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     finally:
@@ -114,11 +118,21 @@ def serve_geolocator(
             triton.stop()
 
 
+def prepare_tools(settings: Settings, model_repository: Path | None, console: Console) -> Settings:
+    """Builds what the tools need before serving, with progress shown: the gazetteer index, and,
+    when no guidebook is configured, the default guidebook embedded with this repository's CLIP."""
+    if settings.use_map_search and settings.map_backend == "gazetteer":
+        open_with_progress(settings.gazetteer_dir, console)
+    if settings.use_guidebook and settings.guidebook_dir is None and model_repository is not None:
+        with console.status("embedding the default guidebook with the repository's CLIP (once)..."):
+            guidebook = ensure_default_guidebook(model_repository)
+        settings = settings.model_copy(update={"guidebook_dir": guidebook})
+    return settings
+
+
 async def _serve(settings: Settings) -> None:
     from navig.orchestrator.server import Orchestrator  # the CLI's other verbs need none of it
 
-    if settings.map_backend == "gazetteer" and settings.use_map_search:
-        open_with_progress(settings.gazetteer_dir, console)  # built here, once, with a progress bar
     orchestrator = Orchestrator(settings)
     with console.status("loading tools..."):
         port = await orchestrator.start()

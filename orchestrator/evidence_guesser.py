@@ -3,8 +3,12 @@
 It answers when the VLM GUESSER is off or writes something invalid (and with placeholder VLM
 weights, always). Each country collects votes:
 
-    vote(country) = sum of its map candidates' scores, each x RANK_DECAY^rank
+    vote(country) = sum over the independent texts read (each once) of its best candidate's score
                     + PRIOR_WEIGHT x language prior + GUIDE_WEIGHT x its best guidebook hit
+
+Namesakes of one text in one country do not add up (Mexico has many places called Asunción; one
+read of "Asunción" is one vote), but two different texts pointing to one country do. A text that
+is part of another ("Med" read off a crop of "Medellín 10 km") is the same evidence and no vote.
 
 The city is the country's best map candidate; a country with no candidate is answered with its
 capital (GeoNames) and a low confidence. Confidence is the winner's
@@ -20,9 +24,9 @@ from dataclasses import dataclass, field
 
 from navig.orchestrator.tools.base import GuideHit, Place
 from navig.orchestrator.tools.countries import capitals, country_name
+from navig.orchestrator.tools.text import normalise
 
-RANK_DECAY = 0.7  # the k-th best candidate counts 0.7^k: namesakes further down vote less
-PRIOR_WEIGHT = 0.3
+PRIOR_WEIGHT = 0.1  # the map scores include the prior already; here it mostly speaks when the map is silent
 GUIDE_WEIGHT = 0.2  # CLIP-to-clue similarity is the weakest signal
 WITHOUT_PLACE = 0.5  # confidence factor when no map candidate lies in the chosen country
 
@@ -41,9 +45,14 @@ class Guess:
 def guess(places: Sequence[Place], prior: Mapping[str, float], hits: Sequence[GuideHit]) -> Guess | None:
     votes: dict[str, float] = defaultdict(float)
     why: dict[str, list[str]] = defaultdict(list)
-    for rank, place in enumerate(sorted(places, key=lambda p: (-p.score, p.country_code, p.name))):
-        votes[place.country_code] += place.score * RANK_DECAY**rank
-        why[place.country_code].append(f"map: '{place.matched}' -> {_where(place)} (score {place.score:.2f})")
+    voted: set[tuple[str, str]] = set()  # (country, text): a text votes once per country, with its best place
+    texts = _independent_texts(places)
+    for place in sorted(places, key=lambda p: (-p.score, p.country_code, p.name)):
+        key = (place.country_code, normalise(place.matched))
+        if key[1] in texts and key not in voted:
+            voted.add(key)
+            votes[place.country_code] += place.score
+            why[place.country_code].append(f"map: '{place.matched}' -> {_where(place)} ({place.score:.2f})")
     for code, weight in prior.items():
         votes[code] += PRIOR_WEIGHT * weight
     if prior:
@@ -73,6 +82,12 @@ def guess(places: Sequence[Place], prior: Mapping[str, float], hits: Sequence[Gu
     reasons.append(f"no place found in {name}: answering with its capital, {capital.name}")
     return Guess(country, name, capital.name, capital.latitude, capital.longitude,
                  round(confidence * WITHOUT_PLACE, 3), reasons)  # fmt: skip
+
+
+def _independent_texts(places: Sequence[Place]) -> set[str]:
+    """Matched texts that are not part of another one ("Med" read off a crop of "Medellín 10 km")."""
+    texts = {normalise(p.matched) for p in places}
+    return {t for t in texts if not any(t != other and t in other for other in texts)}
 
 
 def _where(place: Place) -> str:

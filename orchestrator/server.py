@@ -45,7 +45,7 @@ class Orchestrator:
     async def start(self) -> int:
         """Binds and starts serving; returns the gRPC port. Health is NOT_SERVING until Triton is ready."""
         s = self.settings
-        tools = self.tools or await asyncio.to_thread(load_tools, s)
+        self.tools = tools = self.tools or await asyncio.to_thread(load_tools, s)
         self.triton = TritonModels(s.triton_url, self.metrics, s.max_message_bytes)
         searcher = Searcher(s, self.triton, self.metrics, tools)
         pipeline = Pipeline(s, self.triton, searcher, self.metrics)
@@ -89,6 +89,8 @@ class Orchestrator:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
             await self.triton.close()
+        if self.tools is not None and self.tools.map_search is not None:
+            await self.tools.map_search.aclose()
         self.metrics.close()
 
     async def wait(self) -> None:

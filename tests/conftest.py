@@ -17,6 +17,7 @@ from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, Tri
 from navig.orchestrator.server import OrchestratorThread
 from navig.orchestrator.settings import Settings, load_settings
 from navig.orchestrator.tools.gazetteer.index import GazetteerIndex
+from navig.orchestrator.tools.guidebook.build import ensure_default_guidebook
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +70,23 @@ def gazetteer_index(tmp_path_factory: pytest.TempPathFactory) -> GazetteerIndex:
 
 
 @pytest.fixture(scope="session")
-def geolocator_settings(triton: EmbeddedTriton, gazetteer_index: GazetteerIndex) -> Settings:
-    """The service's defaults, on free ports, against the session's Triton."""
+def default_guidebook(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The open default guidebook embedded with the session's (tiny, random) CLIP."""
+    return ensure_default_guidebook(model_repository, tmp_path_factory.mktemp("guidebook"))
+
+
+@pytest.fixture(scope="session")
+def geolocator_settings(
+    triton: EmbeddedTriton, gazetteer_index: GazetteerIndex, default_guidebook: Path
+) -> Settings:
+    """The service's defaults, on free ports, against the session's Triton, with every tool."""
     return load_settings(
-        triton_url=triton.grpc_url, port=0, metrics_port=0, log_json=False, gazetteer_dir=gazetteer_index.path
+        triton_url=triton.grpc_url,
+        port=0,
+        metrics_port=0,
+        log_json=False,
+        gazetteer_dir=gazetteer_index.path,
+        guidebook_dir=default_guidebook,
     )
 
 

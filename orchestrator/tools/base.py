@@ -41,6 +41,10 @@ class MapSearch(Protocol):
         """Candidates for the OCR lines of one photo, best first, at most `limit`."""
         ...
 
+    async def aclose(self) -> None:
+        """Releases connections; called once when the server stops."""
+        ...
+
 
 @dataclass(frozen=True)
 class GuideHit:

@@ -7,13 +7,13 @@ server starts in well under a second and shares the pages with every other proce
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from rapidfuzz import fuzz, process
 
+from navig.orchestrator.tools.cache import cache_root
 from navig.orchestrator.tools.gazetteer.build import INDEX_VERSION, build_index, key_hash, source_versions
 
 FUZZY_MIN_SCORE = 85.0  # rapidfuzz ratio, 0..100: "Dusseldrof" ~ "dusseldorf", not "dessau"
@@ -25,8 +25,7 @@ class GazetteerError(RuntimeError):
 
 
 def default_dir() -> Path:
-    root = Path(os.environ.get("NAVIG_CACHE_DIR") or Path.home() / ".cache" / "navig")
-    return root / "gazetteer"
+    return cache_root() / "gazetteer"
 
 
 @dataclass(frozen=True)

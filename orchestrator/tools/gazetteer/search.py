@@ -39,6 +39,9 @@ class Gazetteer:
     async def search(self, lines: Sequence[str], limit: int = 5) -> list[Place]:
         return self.lookup(lines, limit)  # a few ms of CPU: cheaper inline than a thread hop
 
+    async def aclose(self) -> None:
+        """Nothing to release: the index is memory-mapped read-only."""
+
     def lookup(self, lines: Sequence[str], limit: int = 5) -> list[Place]:
         prior = self.language_prior(lines)[1] if self.language_prior else {}
         best: dict[int, tuple[float, str]] = {}  # place -> (score, matched text)
