@@ -23,7 +23,7 @@ from navig.orchestrator.metrics import Metrics
 from navig.orchestrator.results import Degradation, Emit, Evidence
 from navig.orchestrator.settings import Settings
 from navig.orchestrator.timeline import Timeline
-from navig.orchestrator.tools.base import Guidebook, GuideHit, Place, ToolUnavailable
+from navig.orchestrator.tools.base import Guidebook, GuideHit, MapSearch, Place, ToolUnavailable
 from navig.orchestrator.tools.setup import Tools
 from navig.orchestrator.triton_client import TritonModels
 
@@ -180,13 +180,18 @@ class _Search:
                 result = f"{found.language} is spoken in {code}"
                 self._record(Evidence("language", " | ".join(found.lines), result, "CLDR", weight, code))
         if self.switches.map_search and tools.map_search is not None:
-            with self.timeline.stage("map"):
-                found.places = await tools.map_search.search(found.lines, tools.settings.map_limit)
-            tools.metrics.tool_results.labels("map", "hit" if found.places else "miss").inc()
-            for p in found.places:
-                where = ", ".join(part for part in (p.name, p.admin1, p.country_code) if part)
-                self._record(Evidence("map", p.matched, where, p.source, p.score, p.country_code,
-                                      p.latitude, p.longitude))  # fmt: skip
+            await self._guarded("map", self._search_map(tools.map_search))
+
+    async def _search_map(self, map_search: MapSearch) -> None:
+        """The lines on the map; a backend that fails degrades only the map evidence."""
+        tools, found = self.tools, self.found
+        with self.timeline.stage("map"):
+            found.places = await map_search.search(found.lines, tools.settings.map_limit)
+        tools.metrics.tool_results.labels("map", "hit" if found.places else "miss").inc()
+        for p in found.places:
+            where = ", ".join(part for part in (p.name, p.admin1, p.country_code) if part)
+            self._record(Evidence("map", p.matched, where, p.source, p.score, p.country_code,
+                                  p.latitude, p.longitude))  # fmt: skip
 
     async def _consult(self, guidebook: Guidebook) -> None:
         """CLIP on the photo and every crop in one batch, then the guidebook's nearest clues."""

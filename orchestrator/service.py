@@ -136,6 +136,7 @@ class _Call:
         if not self.service.health.serving:
             raise Unavailable(f"Triton at {self.service.pipeline.triton.url} is not ready; retry later")
         o, s = self.request.options, self.service.settings
+
         def pick(name: str) -> bool:
             return getattr(o, name) if o.HasField(name) else getattr(s, name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import subprocess
 import sys
@@ -236,6 +237,23 @@ def test_overload_beyond_the_queue_is_resource_exhausted(geolocator_settings, sa
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1, codes
     assert codes.count(grpc.StatusCode.OK) >= 2, codes
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_a_failing_map_backend_degrades_the_answer_not_the_request(geolocator_settings, samples):
+    """Nominatim configured but unreachable: the answer comes from the language prior, flagged degraded."""
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    settings = geolocator_settings.model_copy(
+        update={"map_backend": "nominatim", "map_url": f"http://127.0.0.1:{closed}", "map_retries": 1}
+    )
+    options = pb.LocateOptions(use_reasoner=False, use_describer=False, use_vlm_guesser=False)
+    with OrchestratorThread(settings) as server, GeolocatorClient(server.address) as client:
+        response = client.locate(sample_bytes(samples[0]), options)  # Düsseldorf, in German
+    assert [d.component for d in response.degraded] == ["map"]
+    assert "nominatim" in response.degraded[0].reason and "ConnectError" in response.degraded[0].reason
+    assert response.answered_by == pb.EVIDENCE_GUESSER and response.location.country_code == "DE"
+    assert not any(e.tool == "map" for e in response.evidence)
 
 
 def test_shutdown_drains_in_flight_requests(geolocator_settings, samples: list[Sample]):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from navig.orchestrator.tools.base import Guidebook
+from navig.orchestrator.tools.base import Guidebook, ToolUnavailable
 from navig.orchestrator.tools.guidebook.build import (
     OnnxClipEmbedder,
     build_guidebook,
@@ -89,7 +89,7 @@ def test_index_k_threshold_and_load_errors(tmp_path: Path) -> None:
     assert [h.entry_id for h in strict] == ["e3"]
     assert book.search(vectors[:2], k=50, threshold=-1.0)[1][0].entry_id == "e1"
     assert len(book.search(vectors[:2], k=50, threshold=-1.0)[0]) == 20
-    with pytest.raises(GuidebookError, match="dimensions"):
+    with pytest.raises(ToolUnavailable, match="dimensions"):
         book.search(np.ones((1, 4), np.float32), k=1, threshold=0.0)
 
     book.save(tmp_path / "book")

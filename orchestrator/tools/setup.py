@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -21,11 +22,16 @@ class Tools:
 
 def load_tools(settings: Settings) -> Tools:
     """The configured backends; anything slow (index builds, model loads) happens here, not per request."""
+    capitals()  # the evidence guesser's fallback coordinates, read once
+    language_prior = _language_prior(settings.language_high_accuracy)
+    return Tools(_map_search(settings, language_prior), _guidebook(settings), language_prior)
+
+
+@functools.cache  # one per process: the models are read-only and large (up to ~1 GB)
+def _language_prior(high_accuracy: bool) -> LanguagePrior:
     from navig.orchestrator.tools.language import LanguagePriorModel
 
-    capitals()  # the evidence guesser's fallback coordinates, read once
-    language_prior = LanguagePriorModel(settings.language_high_accuracy)
-    return Tools(_map_search(settings, language_prior), _guidebook(settings), language_prior)
+    return LanguagePriorModel(high_accuracy)
 
 
 def _map_search(settings: Settings, language_prior: LanguagePrior) -> MapSearch:

@@ -18,7 +18,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from navig.orchestrator.tools.base import GuideHit
+from navig.orchestrator.tools.base import GuideHit, ToolUnavailable
 from navig.orchestrator.tools.guidebook.entries import (
     GuidebookError,
     GuideEntry,
@@ -69,9 +69,10 @@ class GuidebookIndex:
     def search(self, embeddings: np.ndarray, k: int, threshold: float) -> list[list[GuideHit]]:
         """Per query row: up to k hits with cosine similarity >= threshold, best first."""
         queries = normalise(embeddings)  # defensive: callers promise unit rows, a stray norm must not skew
-        if queries.shape[1] != self.dim:
-            raise GuidebookError(
-                f"query vectors have {queries.shape[1]} dimensions, the guidebook {self.dim}"
+        if queries.shape[1] != self.dim:  # built with another CLIP than the served one: degrade, not fail
+            raise ToolUnavailable(
+                f"crop embeddings have {queries.shape[1]} dimensions, the guidebook {self.dim}: "
+                "rebuild it with the served CLIP (`navig guidebook build`)"
             )
         if len(queries) == 0 or k <= 0:
             return [[] for _ in range(len(queries))]
