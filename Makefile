@@ -40,3 +40,4 @@ clean:
 bench: repository
 	$(BIN)/python -m benchmarks.ocr_latency --model-repository $(REPOSITORY)
 	$(BIN)/python -m benchmarks.encoders --preset small
+	$(BIN)/python -m benchmarks.geolocator_load --model-repository $(REPOSITORY)

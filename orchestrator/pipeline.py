@@ -54,8 +54,12 @@ class Pipeline:
         models += [contract.VLM] if s.use_describer or s.use_vlm_guesser else []
         return models
 
-    async def run(self, data: bytes, options: RunOptions, deadline: Deadline, emit: Emit) -> Outcome:
-        timeline = Timeline(emit, self.metrics)
+    async def run(
+        self, data: bytes, options: RunOptions, deadline: Deadline, emit: Emit, accepted: float | None = None
+    ) -> Outcome:
+        """`accepted`: perf_counter() when the call arrived; the wait until now is the "queue" stage."""
+        timeline = Timeline(emit, self.metrics, accepted)
+        timeline.record("queue", 0.0, timeline.elapsed_ms())  # waiting for an admission slot
         s = self.settings
         with timeline.stage("decode"):
             try:

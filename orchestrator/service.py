@@ -54,7 +54,9 @@ class GeolocatorService(pb_grpc.GeolocatorServicer):
             try:
                 options = call.admit()
                 async with self.admission.slot():
-                    outcome = await self.pipeline.run(request.image, options, call.deadline, lambda _: None)
+                    outcome = await self.pipeline.run(
+                        request.image, options, call.deadline, lambda _: None, call.started
+                    )
                 return call.respond(outcome)
             except asyncio.CancelledError:
                 call.status = "CANCELLED"
@@ -75,7 +77,9 @@ class GeolocatorService(pb_grpc.GeolocatorServicer):
                 async with self.admission.slot():
                     events: asyncio.Queue[Event] = asyncio.Queue()
                     run = asyncio.create_task(
-                        self.pipeline.run(request.image, options, call.deadline, events.put_nowait)
+                        self.pipeline.run(
+                            request.image, options, call.deadline, events.put_nowait, call.started
+                        )
                     )
                     try:
                         async for item in _until_done(run, events):

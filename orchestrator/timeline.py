@@ -11,8 +11,9 @@ from navig.orchestrator.results import Emit, StageTiming
 
 
 class Timeline:
-    def __init__(self, emit: Emit, metrics: Metrics) -> None:
-        self._start = time.perf_counter()
+    def __init__(self, emit: Emit, metrics: Metrics, started: float | None = None) -> None:
+        """`started`: the perf_counter() at which the request was accepted (default: now)."""
+        self._start = time.perf_counter() if started is None else started
         self._emit = emit
         self._metrics = metrics
         self.stages: list[StageTiming] = []
@@ -27,7 +28,10 @@ class Timeline:
         try:
             yield
         finally:
-            timing = StageTiming(name, round(start, 3), round(self.elapsed_ms() - start, 3))
-            self.stages.append(timing)
-            self._metrics.stage_latency.labels(name).observe(timing.duration_ms / 1000)
-            self._emit(timing)
+            self.record(name, start, self.elapsed_ms() - start)
+
+    def record(self, name: str, start_ms: float, duration_ms: float) -> None:
+        timing = StageTiming(name, round(start_ms, 3), round(duration_ms, 3))
+        self.stages.append(timing)
+        self._metrics.stage_latency.labels(name).observe(timing.duration_ms / 1000)
+        self._emit(timing)

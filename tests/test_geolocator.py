@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import struct
 import subprocess
@@ -29,7 +30,7 @@ from navig.orchestrator.geo import haversine_km
 from navig.orchestrator.server import OrchestratorThread
 
 FAST = pb.LocateOptions(max_new_tokens=16)  # placeholder VLMs: fewer tokens, same code paths
-STAGES = {"decode", "reasoner", "searcher", "detector", "ocr", "map", "guesser"}
+STAGES = {"queue", "decode", "reasoner", "searcher", "detector", "ocr", "map", "guesser"}
 
 
 def sample_bytes(sample: Sample) -> bytes:
@@ -320,13 +321,16 @@ def test_images_are_decoded_upright_and_in_rgb():
     assert pixels.shape == (40, 30, 3) and pixels.dtype == np.uint8
 
 
-def test_navig_serve_starts_serves_and_stops_on_sigterm(triton, samples: list[Sample], tmp_path: Path):
+def test_navig_serve_starts_serves_and_stops_on_sigterm(triton, gazetteer_index, samples: list[Sample]):
     from navig.orchestrator.embedded_triton import TritonPorts
 
     port = TritonPorts.free().grpc
     command = [sys.executable, "-m", "navig.client.cli_main", "serve", "--triton-url", triton.grpc_url,
                "--port", str(port), "--metrics-port", "0"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    environment = {**os.environ, "NAVIG_GAZETTEER_DIR": str(gazetteer_index.path)}  # the session's index
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment
+    )
     address = f"127.0.0.1:{port}"
     try:
         _wait_for(lambda: _serving(address), timeout_s=120)
