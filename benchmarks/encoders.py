@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from benchmarks.machine import machine
+from navig.client.profile.machine import machine
 from navig.export.build import build
 from navig.export.cli import quiet_transformers
 from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints

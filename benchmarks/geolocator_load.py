@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from benchmarks.machine import machine
 from navig.client.geolocator import GeolocatorClient
+from navig.client.profile.machine import machine
 from navig.export.samples import SAMPLES_DIR, load_samples
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.cli import prepare_tools
@@ -39,7 +39,7 @@ def run(address: str, images: list[bytes], concurrency: int, requests: int, opti
 
     def one(i: int) -> None:
         started = time.perf_counter()
-        response = client.locate(images[i % len(images)], options)
+        response = client.locate_proto(images[i % len(images)], options)
         latencies.append((time.perf_counter() - started) * 1e3)
         for timing in response.timings:
             stages[timing.stage].append(timing.duration_ms)

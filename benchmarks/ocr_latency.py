@@ -20,8 +20,8 @@ from rapidocr import RapidOCR
 from rich.console import Console
 from rich.progress import track
 
-from benchmarks.machine import machine
 from navig.client.images import read_rgb
+from navig.client.profile.machine import machine
 from navig.client.triton_ocr import OcrClient
 from navig.export.samples import SAMPLES_DIR, load_samples
 from navig.model_repository.ocr_pipeline import OcrSettings

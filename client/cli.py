@@ -11,6 +11,8 @@ from rich.console import Console
 from tritonclient.utils import InferenceServerException
 
 from navig.client.images import ImageReadError, expand_paths, read_rgb
+from navig.client.locate import locate
+from navig.client.profile.cli import profile_app
 from navig.client.triton_ocr import OcrClient
 from navig.export.cli import DEFAULT_REPOSITORY
 from navig.export.cli import app as export_app
@@ -24,7 +26,9 @@ app.add_typer(export_app, name="export")
 app.add_typer(triton_app, name="triton")
 app.add_typer(gazetteer_app, name="gazetteer")
 app.add_typer(guidebook_app, name="guidebook")
+app.add_typer(profile_app, name="profile")
 app.command("serve")(serve_geolocator)
+app.command()(locate)
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 

@@ -1,7 +1,8 @@
-"""The machine a benchmark ran on, stored with every result."""
+"""The machine a measurement ran on, stored with every profile and benchmark result."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 from pathlib import Path
@@ -17,18 +18,10 @@ def machine() -> dict[str, str | int]:
             if line.startswith("model name")
         ]
         cpu = names[0] if names else cpu
-    import numpy
-    import onnxruntime
-
-    versions = {
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-    try:
-        import torch
-
-        versions["torch"] = torch.__version__
-    except ImportError:
-        pass
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for package in ("numpy", "onnxruntime", "torch", "grpc"):
+        try:
+            versions[package] = importlib.import_module(package).__version__
+        except ImportError:
+            continue
     return {"cpu": cpu, "cores": os.cpu_count() or 0, **versions}

@@ -1,0 +1,1 @@
+"""`navig profile`: load generation, Triton statistics and reports."""
