@@ -45,7 +45,7 @@ def _locate_all(address: str, samples: list[Sample], samples_dir: Path) -> list[
     with GeolocatorClient(address) as client, Progress(transient=True) as progress:
         task = progress.add_task("Locate on the samples", total=len(samples))
         for sample in samples:
-            answers.append(client.locate((samples_dir / sample.file).read_bytes()))
+            answers.append(client.locate_proto((samples_dir / sample.file).read_bytes()))
             progress.advance(task)
     return answers
 

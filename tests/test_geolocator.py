@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
 
-from navig.client.geolocator import GeolocatorClient
+from navig.client.geolocator import GeolocatorClient, LocateError
 from navig.export.samples import SAMPLES_DIR, Sample
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.geo import haversine_km
@@ -62,7 +62,7 @@ def assert_well_formed(response: pb.LocateResponse) -> None:
 def sample_answers(geolocator: OrchestratorThread, samples: list[Sample]) -> list[pb.LocateResponse]:
     """`Locate` on every rendered sample sign, four at a time."""
     with GeolocatorClient(geolocator.address) as client, ThreadPoolExecutor(4) as pool:
-        return list(pool.map(lambda s: client.locate(sample_bytes(s), FAST), samples))
+        return list(pool.map(lambda s: client.locate_proto(sample_bytes(s), FAST), samples))
 
 
 def test_locate_answers_every_sample(sample_answers: list[pb.LocateResponse]):
@@ -92,7 +92,7 @@ def test_accuracy_on_the_rendered_signs(sample_answers: list[pb.LocateResponse],
 
 def test_reasoner_and_searcher_overlap(geolocator: OrchestratorThread, samples: list[Sample]):
     with GeolocatorClient(geolocator.address) as client:
-        response = client.locate(sample_bytes(samples[0]))
+        response = client.locate_proto(sample_bytes(samples[0]))
     stage = {t.stage: t for t in response.timings}
     reasoner, searcher, guesser = stage["reasoner"], stage["searcher"], stage["guesser"]
     assert reasoner.start_ms < searcher.start_ms + searcher.duration_ms
@@ -129,7 +129,7 @@ def test_options_switch_components_off(geolocator: OrchestratorThread, samples: 
         max_new_tokens=8,
     )
     with GeolocatorClient(geolocator.address) as client:
-        response = client.locate(sample_bytes(samples[1]), options)
+        response = client.locate_proto(sample_bytes(samples[1]), options)
     assert response.answered_by == pb.EVIDENCE_GUESSER and not response.degraded
     assert not response.evidence and not response.reasoning and not response.guesser_output
     assert "reasoner" not in {t.stage for t in response.timings}
@@ -140,12 +140,12 @@ def test_one_millisecond_deadline_is_exceeded_and_the_server_stays_healthy(
 ):
     with GeolocatorClient(geolocator.address) as client:
         for timeout_s in (0.001, 0.3):  # refused on arrival; cut off mid-pipeline
-            with pytest.raises(grpc.RpcError) as info:
-                client.locate(sample_bytes(samples[0]), FAST, timeout_s=timeout_s)
-            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            with pytest.raises(LocateError) as info:
+                client.locate_proto(sample_bytes(samples[0]), FAST, timeout_s=timeout_s)
+            assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         _wait_for(lambda: not geolocator.pipeline_tasks(), timeout_s=5)  # nothing left running for them
         assert health_status(geolocator.address) == health_pb2.HealthCheckResponse.SERVING
-        assert_well_formed(client.locate(sample_bytes(samples[0]), FAST))
+        assert_well_formed(client.locate_proto(sample_bytes(samples[0]), FAST))
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -178,17 +178,17 @@ BAD_INPUTS = {
 def test_bad_input_is_invalid_argument(geolocator: OrchestratorThread, samples: list[Sample], kind: str):
     make, message = BAD_INPUTS[kind]
     with GeolocatorClient(geolocator.address) as client:
-        with pytest.raises(grpc.RpcError) as info:
-            client.locate(make(sample_bytes(samples[0])), FAST)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert message in info.value.details()
+        with pytest.raises(LocateError) as info:
+            client.locate_proto(make(sample_bytes(samples[0])), FAST)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in info.value.details
     assert health_status(geolocator.address) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_bad_option_is_invalid_argument(geolocator: OrchestratorThread, samples: list[Sample]):
-    with GeolocatorClient(geolocator.address) as client, pytest.raises(grpc.RpcError) as info:
-        client.locate(sample_bytes(samples[0]), pb.LocateOptions(max_new_tokens=5000))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_new_tokens" in info.value.details()
+    with GeolocatorClient(geolocator.address) as client, pytest.raises(LocateError) as info:
+        client.locate_proto(sample_bytes(samples[0]), pb.LocateOptions(max_new_tokens=5000))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "max_new_tokens" in info.value.details
 
 
 def test_generic_client_calls_locate_through_reflection_only(geolocator: OrchestratorThread, samples):
@@ -211,7 +211,7 @@ def test_generic_client_calls_locate_through_reflection_only(geolocator: Orchest
 
 def test_metrics_count_requests_and_stages(geolocator: OrchestratorThread, samples: list[Sample]):
     with GeolocatorClient(geolocator.address) as client:
-        client.locate(sample_bytes(samples[2]), FAST)
+        client.locate_proto(sample_bytes(samples[2]), FAST)
     port = geolocator.orchestrator.metrics_port
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'navig_requests_total{method="Locate",status="OK"}' in text
@@ -228,10 +228,10 @@ def test_overload_beyond_the_queue_is_resource_exhausted(geolocator_settings, sa
 
         def call(_: int) -> grpc.StatusCode:
             try:
-                client.locate(image, FAST)
+                client.locate_proto(image, FAST)
                 return grpc.StatusCode.OK
-            except grpc.RpcError as exc:
-                return exc.code()
+            except LocateError as exc:
+                return exc.code
 
         with ThreadPoolExecutor(6) as pool:
             codes = list(pool.map(call, range(6)))
@@ -250,7 +250,7 @@ def test_a_failing_map_backend_degrades_the_answer_not_the_request(geolocator_se
     )
     options = pb.LocateOptions(use_reasoner=False, use_describer=False, use_vlm_guesser=False)
     with OrchestratorThread(settings) as server, GeolocatorClient(server.address) as client:
-        response = client.locate(sample_bytes(samples[0]), options)  # Düsseldorf, in German
+        response = client.locate_proto(sample_bytes(samples[0]), options)  # Düsseldorf, in German
     assert [d.component for d in response.degraded] == ["map"]
     assert "nominatim" in response.degraded[0].reason and "ConnectError" in response.degraded[0].reason
     assert response.answered_by == pb.EVIDENCE_GUESSER and response.location.country_code == "DE"
@@ -262,7 +262,7 @@ def test_shutdown_drains_in_flight_requests(geolocator_settings, samples: list[S
     results: list[pb.LocateResponse] = []
     with GeolocatorClient(server.address) as client:
         worker = threading.Thread(
-            target=lambda: results.append(client.locate(sample_bytes(samples[3]), FAST))
+            target=lambda: results.append(client.locate_proto(sample_bytes(samples[3]), FAST))
         )
         worker.start()
         while not server.orchestrator.metrics.in_flight._value.get():
@@ -289,15 +289,15 @@ def test_triton_loss_is_unavailable_and_recovery_needs_no_restart(
     image = sample_bytes(samples[0])
     try:
         with OrchestratorThread(settings) as server, GeolocatorClient(server.address) as client:
-            assert client.locate(image, FAST).location.country_code
+            assert client.locate_proto(image, FAST).location.country_code
             triton.stop(timeout_s=0)  # SIGKILL after no grace: Triton is gone
             _wait_for(lambda: health_status(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING)
-            with pytest.raises(grpc.RpcError) as info:
-                client.locate(image, FAST)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(LocateError) as info:
+                client.locate_proto(image, FAST)
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
             triton.start()
             _wait_for(lambda: health_status(server.address) == health_pb2.HealthCheckResponse.SERVING)
-            assert client.locate(image, FAST).location.country_code
+            assert client.locate_proto(image, FAST).location.country_code
     finally:
         triton.stop()
 
@@ -335,7 +335,7 @@ def test_navig_serve_starts_serves_and_stops_on_sigterm(triton, gazetteer_index,
     try:
         _wait_for(lambda: _serving(address), timeout_s=120)
         with GeolocatorClient(address) as client:
-            assert client.locate(sample_bytes(samples[0]), FAST).location.country_code
+            assert client.locate_proto(sample_bytes(samples[0]), FAST).location.country_code
     finally:
         process.terminate()
         output = process.communicate(timeout=60)[0]

@@ -1,0 +1,139 @@
+"""`navig eval DATASET.csv`: evaluate a running Geolocator on a dataset and print the paper metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from navig.client.eval.dataset import DatasetError, load_dataset
+from navig.client.eval.metrics import SCALES, THRESHOLDS_KM, summarise
+from navig.client.eval.runner import ResultsFileError, ServerUnavailable, evaluate, new_progress
+from navig.client.geolocator import GeolocatorClient
+
+DEFAULT_OUT_DIR = Path("build/eval")
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+def summary_path(out: Path) -> Path:
+    """`build/eval/x.jsonl` -> `build/eval/x.summary.json`."""
+    return out.with_name(f"{out.stem if out.suffix == '.jsonl' else out.name}.summary.json")
+
+
+def eval_command(
+    dataset: Annotated[Path, typer.Argument(help="CSV of images and true coordinates (see docs/eval.md).")],
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of the images; relative paths resolve here (default: CSV's).")
+    ] = None,
+    address: Annotated[str, typer.Option(help="host:port of a running Geolocator.")] = "127.0.0.1:50051",
+    out: Annotated[
+        Path | None, typer.Option(help="Results JSONL, resumed if there [default: build/eval/<stem>.jsonl].")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 4,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per image, retries included.")] = 300.0,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Per VLM generation.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary JSON only.")] = False,
+) -> None:
+    """Geolocate every image of DATASET with a running Geolocator and report geo-accuracy.
+
+    Results go to a JSONL file one line per image as they finish; running the same command again
+    resumes, retrying only the images without an OK answer.
+    """
+    stdout = Console(soft_wrap=True)
+    stderr = Console(stderr=True, soft_wrap=True)
+    out = out or DEFAULT_OUT_DIR / f"{dataset.stem}.jsonl"
+    try:
+        items = load_dataset(dataset, images, limit)
+    except DatasetError as exc:
+        stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    if not items:
+        stderr.print(f"[red]error:[/red] {dataset}: no images listed", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+
+    def on_resume(done: int, todo: int) -> None:
+        if done and not todo:
+            stderr.print(f"all {done} images already evaluated in {out}; nothing to request", highlight=False)
+        elif done:
+            stderr.print(f"resuming {out}: {done} done, {todo} to go", highlight=False)
+
+    options = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
+    try:
+        records = evaluate(
+            items,
+            lambda: GeolocatorClient(address, timeout_s=timeout),
+            out,
+            concurrency,
+            options=options,
+            progress=new_progress(console=stderr, transient=True),
+            on_resume=on_resume,
+        )
+    except ResultsFileError as exc:
+        stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except ServerUnavailable as exc:
+        stderr.print(
+            f"[red]error:[/red] {exc} at {address}; stopped after {len(exc.records)} of {len(items)} images. "
+            f"Results so far are in {out}; run the same command again to resume.",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    except KeyboardInterrupt:
+        stderr.print(f"interrupted; results so far are in {out}; run again to resume.", highlight=False)
+        raise typer.Exit(130) from None
+    except OSError as exc:
+        stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+    summary = summarise(records) | {"dataset": str(dataset), "address": address, "results": str(out)}
+    summary_file = summary_path(out)
+    summary_file.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if json_output:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    stdout.print(summary_table(summary))
+    stdout.print(f"results: {out}\nsummary: {summary_file}", highlight=False)
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """The summary as a two-column table, in the order the papers report the metrics."""
+    table = Table(title=f"{summary['dataset']}: {summary['records']} images", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    for km, scale in zip(THRESHOLDS_KM, SCALES):
+        within = summary["within"][str(km)]
+        table.add_row(f"within {km} km ({scale})", f"{_pct(summary['accuracy'][str(km)])}  ({within})")
+    table.add_row("mean error (answered)", _km(summary["mean_error_km"]))
+    table.add_row("median error (answered)", _km(summary["median_error_km"]))
+    table.add_row("GeoScore (mean, max 5000)", _num(summary["geoscore"], ".0f"))
+    country = summary["country"]
+    table.add_row(
+        "country accuracy", f"{_pct(country['accuracy'])}  ({country['correct']}/{country['evaluated']})"
+    )
+    if country["unresolved_truth"]:
+        table.add_row("unknown truth countries", ", ".join(country["unresolved_truth"][:5]))
+    table.add_row("answered / unanswered", f"{summary['answered']} / {summary['unanswered']}")
+    for component, share in summary["answered_by"].items():
+        count = summary["answered_by_counts"][component]
+        table.add_row(f"answered by {component}", f"{_pct(share)}  ({count})")
+    errors = summary["errors"]
+    table.add_row("failed requests", ", ".join(f"{k} {v}" for k, v in errors.items()) if errors else "0")
+    return table
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f} %"
+
+
+def _km(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f} km"
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
