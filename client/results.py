@@ -1,5 +1,8 @@
 """Typed, plain-Python views of the Geolocator's answers, for callers that should not touch protobuf.
 
+The value types are the orchestrator's own (`navig.orchestrator.results`): one definition of a
+location or a piece of evidence on both sides of the wire.
+
 `LocateResult.from_proto` is the only place that reads the wire messages; everything in the client
 (`navig locate`, `navig eval`, `navig profile`) works on these.
 """
@@ -10,43 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from navig.orchestrator.api import geolocator_pb2 as pb
+from navig.orchestrator.results import Component, Degradation, Evidence, Location, StageTiming
 
-COMPONENTS = {pb.VLM_GUESSER: "vlm_guesser", pb.EVIDENCE_GUESSER: "evidence_guesser", pb.NONE: "none"}
-
-
-@dataclass(frozen=True)
-class Location:
-    country: str
-    country_code: str
-    city: str
-    latitude: float
-    longitude: float
-    confidence: float
-
-
-@dataclass(frozen=True)
-class Evidence:
-    tool: str
-    query: str
-    result: str
-    source: str
-    score: float
-    country_code: str = ""
-    latitude: float | None = None
-    longitude: float | None = None
-
-
-@dataclass(frozen=True)
-class StageTiming:
-    stage: str
-    start_ms: float
-    duration_ms: float
-
-
-@dataclass(frozen=True)
-class Degradation:
-    component: str
-    reason: str
+COMPONENTS = {getattr(pb, c.name): c.value for c in Component}  # wire enum -> "vlm_guesser", ...
+__all__ = ["COMPONENTS", "Degradation", "Evidence", "LocateResult", "Location", "StageTiming"]
 
 
 @dataclass(frozen=True)
