@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from tritonclient.utils import InferenceServerException
 
+from navig.client.eval.cli import eval_command
 from navig.client.images import ImageReadError, expand_paths, read_rgb
 from navig.client.locate import locate
 from navig.client.profile.cli import profile_app
@@ -29,6 +30,7 @@ app.add_typer(guidebook_app, name="guidebook")
 app.add_typer(profile_app, name="profile")
 app.command("serve")(serve_geolocator)
 app.command()(locate)
+app.command("eval")(eval_command)
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 

@@ -380,6 +380,20 @@ def test_a_server_that_stays_unavailable_stops_the_run(tmp_path: Path):
     assert len(caught.value.records) == len(down.requested) == len(out.read_text().splitlines())
 
 
+def test_an_unterminated_last_line_is_kept_and_closed(tmp_path: Path):
+    out = tmp_path / "results.jsonl"
+    out.write_bytes(b'{"key": "a", "status": "OK"}\n{"key": "b", "status": "OK"}')  # died before the newline
+    assert [r["key"] for r in load_results(out)] == ["a", "b"]
+    assert out.read_bytes().endswith(b'"OK"}\n')  # so the next append starts a line of its own
+
+
+def test_a_line_torn_inside_a_utf8_character_is_dropped(tmp_path: Path):
+    out = tmp_path / "results.jsonl"
+    out.write_bytes(b'{"key": "a", "status": "OK"}\n' + '{"key": "Zü'.encode()[:-1])
+    assert [r["key"] for r in load_results(out)] == ["a"]
+    assert out.read_bytes() == b'{"key": "a", "status": "OK"}\n'
+
+
 def test_a_damaged_middle_line_is_not_guessed_around(tmp_path: Path):
     from navig.client.eval.runner import ResultsFileError
 
@@ -396,6 +410,10 @@ def eval_app() -> typer.Typer:
     app = typer.Typer()
     app.command("eval")(eval_command)
     return app
+
+
+def test_summary_sits_next_to_the_results():
+    assert summary_path(Path("build/eval/gws15k.jsonl")) == Path("build/eval/gws15k.summary.json")
 
 
 def test_cli_bad_dataset_exits_2_without_a_traceback(tmp_path: Path):

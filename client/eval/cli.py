@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from navig.client.eval.dataset import DatasetError, load_dataset
@@ -26,13 +27,15 @@ def summary_path(out: Path) -> Path:
 
 
 def eval_command(
-    dataset: Annotated[Path, typer.Argument(help="CSV of images and true coordinates (see docs/eval.md).")],
+    dataset: Annotated[
+        Path, typer.Argument(metavar="DATASET.csv", help="Images and true coordinates (see docs/eval.md).")
+    ],
     images: Annotated[
         Path | None, typer.Option(help="Folder of the images; relative paths resolve here (default: CSV's).")
     ] = None,
     address: Annotated[str, typer.Option(help="host:port of a running Geolocator.")] = "127.0.0.1:50051",
     out: Annotated[
-        Path | None, typer.Option(help="Results JSONL, resumed if there [default: build/eval/<stem>.jsonl].")
+        Path | None, typer.Option(help="Results JSONL, resumed if there (default: build/eval/<stem>.jsonl).")
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 4,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
@@ -42,8 +45,9 @@ def eval_command(
 ) -> None:
     """Geolocate every image of DATASET with a running Geolocator and report geo-accuracy.
 
-    Results go to a JSONL file one line per image as they finish; running the same command again
-    resumes, retrying only the images without an OK answer.
+    Each image's result is appended to a JSONL file as soon as it is known.
+
+    Running the same command again resumes: only images without an OK answer are sent.
     """
     stdout = Console(soft_wrap=True)
     stderr = Console(stderr=True, soft_wrap=True)
@@ -51,17 +55,17 @@ def eval_command(
     try:
         items = load_dataset(dataset, images, limit)
     except DatasetError as exc:
-        stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(stderr, str(exc))
         raise typer.Exit(EXIT_USAGE) from None
     if not items:
-        stderr.print(f"[red]error:[/red] {dataset}: no images listed", highlight=False)
+        _error(stderr, f"{dataset}: no images listed")
         raise typer.Exit(EXIT_USAGE)
 
     def on_resume(done: int, todo: int) -> None:
         if done and not todo:
-            stderr.print(f"all {done} images already evaluated in {out}; nothing to request", highlight=False)
+            stderr.print(f"all {done} images already evaluated in {out}; nothing to request", markup=False)
         elif done:
-            stderr.print(f"resuming {out}: {done} done, {todo} to go", highlight=False)
+            stderr.print(f"resuming {out}: {done} done, {todo} to go", markup=False)
 
     options = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
     try:
@@ -75,35 +79,40 @@ def eval_command(
             on_resume=on_resume,
         )
     except ResultsFileError as exc:
-        stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(stderr, str(exc))
         raise typer.Exit(EXIT_USAGE) from None
     except ServerUnavailable as exc:
-        stderr.print(
-            f"[red]error:[/red] {exc} at {address}; stopped after {len(exc.records)} of {len(items)} images. "
+        _error(
+            stderr,
+            f"{exc} at {address}; stopped with {sum(r['status'] == 'OK' for r in exc.records)} of "
+            f"{len(items)} images done. "
             f"Results so far are in {out}; run the same command again to resume.",
-            highlight=False,
         )
         raise typer.Exit(EXIT_UNAVAILABLE) from None
     except KeyboardInterrupt:
-        stderr.print(f"interrupted; results so far are in {out}; run again to resume.", highlight=False)
+        stderr.print(f"interrupted; results so far are in {out}; run again to resume.", markup=False)
         raise typer.Exit(130) from None
-    except OSError as exc:
-        stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+    except Exception as exc:  # a bug or a full disk: say so plainly, the results file is intact
+        _error(stderr, f"{type(exc).__name__}: {exc}. Results so far are in {out}.")
         raise typer.Exit(1) from None
 
     summary = summarise(records) | {"dataset": str(dataset), "address": address, "results": str(out)}
     summary_file = summary_path(out)
-    summary_file.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        summary_file.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:
+        _error(stderr, f"cannot write the summary: {exc}")
+        raise typer.Exit(1) from None
     if json_output:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     stdout.print(summary_table(summary))
-    stdout.print(f"results: {out}\nsummary: {summary_file}", highlight=False)
+    stdout.print(f"results: {out}\nsummary: {summary_file}", markup=False, highlight=False)
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """The summary as a two-column table, in the order the papers report the metrics."""
-    table = Table(title=f"{summary['dataset']}: {summary['records']} images", show_header=False)
+    table = Table(title=f"{escape(summary['dataset'])}: {summary['records']} images", show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
     for km, scale in zip(THRESHOLDS_KM, SCALES):
@@ -125,6 +134,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
     errors = summary["errors"]
     table.add_row("failed requests", ", ".join(f"{k} {v}" for k, v in errors.items()) if errors else "0")
     return table
+
+
+def _error(console: Console, message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
 
 
 def _pct(share: float | None) -> str:

@@ -61,23 +61,28 @@ def load_results(out_jsonl: Path) -> list[dict[str, Any]]:
     """Records of an earlier run; a truncated last line (a crash mid-write) is dropped from the file too."""
     if not out_jsonl.exists():
         return []
-    text = out_jsonl.read_text(encoding="utf-8")
-    lines = text.split("\n")
+    lines = out_jsonl.read_bytes().split(b"\n")  # bytes: a torn line may end inside a UTF-8 character
+    last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
     records: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
+    kept: list[bytes] = []
+    torn = False
+    for number, line in enumerate(lines[: last + 1], start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8"))
             if not isinstance(record, dict) or "key" not in record:
                 raise ValueError("not a result record")
         except ValueError as exc:
-            if number == len(lines) or (number == len(lines) - 1 and not lines[-1]):
-                _rewrite(out_jsonl, lines[: number - 1])  # the torn tail of an interrupted run
+            if number == last + 1:
+                torn = True  # the tail of an interrupted run
                 break
             message = f"{out_jsonl}: line {number}: {exc}; move the file away to start over"
             raise ResultsFileError(message) from None
         records.append(record)
+        kept.append(line)
+    if torn or lines[-1] != b"":  # an unterminated last line: the next append must not join it
+        _rewrite(out_jsonl, kept)
     return records
 
 
@@ -244,8 +249,8 @@ def answer_fields(item: EvalItem, result: LocateResult) -> dict[str, Any]:
     }
 
 
-def _rewrite(path: Path, lines: list[str]) -> None:
+def _rewrite(path: Path, lines: list[bytes]) -> None:
     """Atomically replace `path` with `lines` (a crash during the rewrite leaves the old file)."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(line + "\n" for line in lines if line.strip()), encoding="utf-8")
+    temporary.write_bytes(b"".join(line + b"\n" for line in lines))
     os.replace(temporary, path)
