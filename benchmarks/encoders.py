@@ -1,9 +1,12 @@
-"""Exported encoders on ONNX Runtime vs the same modules in PyTorch eager, batch 1 and 8.
+"""Exported encoders served by Triton and on ONNX Runtime in-process vs the same modules in PyTorch
+eager, batch 1 and 8.
 
 Builds `--preset` demo checkpoints (default `small`: the real architectures' proportions at CPU
-scale) and exports the detector and CLIP once into build/bench/, then times each encoder both
-ways on the same inputs, same thread count. Medians of `--repeats` runs after a warm-up.
-Run: `make bench`, or `python benchmarks/encoders.py --preset small`.
+scale) and exports the detector and CLIP once into build/bench/, then times each encoder three
+ways on the same inputs: the served model through the embedded Triton (gRPC on loopback, python
+backend), the exported graph on ONNX Runtime in-process, and PyTorch eager, with the same thread
+count. Medians of `--repeats` runs after a warm-up.
+Run: `make bench`, or `python -m benchmarks.encoders --preset small`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from navig.export.cli import quiet_transformers
 from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
 from navig.export.spec import load_spec
 from navig.model_repository import contract
+from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 
 BATCHES = (1, 8)
 
@@ -104,6 +108,28 @@ def encoders(checkpoints: Path, repository: Path, threads: int) -> dict[str, tup
     }
 
 
+def served(repository: Path, url: str) -> dict[str, Callable[[int], object]]:
+    """name -> served(batch): the same inputs as `encoders`, through Triton's gRPC API."""
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(url)
+    rng = np.random.default_rng(0)
+    photos = rng.integers(0, 256, (8, 480, 640, 3), dtype=np.uint8)
+    crops = rng.integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
+
+    def call(model: str, name: str, images: np.ndarray) -> object:
+        tensor = triton_grpc.InferInput(name, list(images.shape), "UINT8")
+        tensor.set_data_from_numpy(images)
+        return client.infer(model, [tensor])
+
+    return {
+        "detector (480x640 photos)": lambda b: call(contract.DETECTOR, contract.DETECTOR_IMAGES, photos[:b]),
+        "clip_image (224x224 crops)": lambda b: call(
+            contract.CLIP_IMAGE, contract.CLIP_IMAGE_IMAGES, crops[:b]
+        ),
+    }
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -113,10 +139,15 @@ def plot(results: list[dict], path: Path) -> None:
     labels = [f"{r['encoder'].split(' ')[0]}\nbatch {r['batch']}" for r in results]
     x = np.arange(len(results))
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.bar(x - 0.2, [r["eager_ms"] for r in results], 0.4, label="PyTorch eager")
-    ax.bar(x + 0.2, [r["ort_ms"] for r in results], 0.4, label="ONNX Runtime (exported)")
+    ax.bar(x - 0.27, [r["eager_ms"] for r in results], 0.27, label="PyTorch eager")
+    ax.bar(x, [r["ort_ms"] for r in results], 0.27, label="ONNX Runtime in-process (exported)")
+    ax.bar(x + 0.27, [r.get("served_ms") or 0 for r in results], 0.27, label="served by Triton (gRPC)")
     for i, r in enumerate(results):
-        ax.text(i + 0.2, r["ort_ms"], f"{r['speedup']:.1f}x", ha="center", va="bottom", fontsize=8)
+        ax.text(i, r["ort_ms"], f"{r['speedup']:.1f}x", ha="center", va="bottom", fontsize=8)
+        if r.get("served_ms"):
+            ax.text(
+                i + 0.27, r["served_ms"], f"{r['served_speedup']:.1f}x", ha="center", va="bottom", fontsize=8
+            )
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("median latency (ms)")
     ax.set_yscale("log")
@@ -141,7 +172,7 @@ def main() -> None:
         pairs = encoders(checkpoints, repository, args.threads)
     results = []
     with torch.inference_mode():
-        for name, (eager, onnx_run) in track(list(pairs.items()), description="timing encoders"):
+        for name, (eager, onnx_run) in track(list(pairs.items()), description="timing encoders in-process"):
             for batch in BATCHES:
                 eager_ms = median_ms(lambda: eager(batch), args.repeats)  # noqa: B023
                 ort_ms = median_ms(lambda: onnx_run(batch), args.repeats)  # noqa: B023
@@ -154,8 +185,17 @@ def main() -> None:
                         "speedup": eager_ms / ort_ms,
                     }
                 )
+    del pairs  # the in-process models give the cores back to Triton
+    config = TritonConfig(repository, ports=TritonPorts.free())
+    with console.status("starting Triton on the exported encoders..."), EmbeddedTriton(config) as triton:
+        calls = served(repository, triton.grpc_url)
+        for r in track(results, description="timing the served encoders"):
+            call = calls.get(r["encoder"])
+            if call is not None:
+                r["served_ms"] = median_ms(lambda: call(r["batch"]), args.repeats)  # noqa: B023
+                r["served_speedup"] = r["eager_ms"] / r["served_ms"]
     table = Table(title=f"{args.preset} preset, {args.threads} threads: median ms")
-    for column in ("encoder", "batch", "PyTorch eager", "ONNX Runtime", "speedup"):
+    for column in ("encoder", "batch", "PyTorch eager", "ONNX Runtime", "speedup", "Triton", "speedup"):
         table.add_column(column)
     for r in results:
         table.add_row(
@@ -164,6 +204,8 @@ def main() -> None:
             f"{r['eager_ms']:.1f}",
             f"{r['ort_ms']:.1f}",
             f"{r['speedup']:.2f}x",
+            f"{r['served_ms']:.1f}" if "served_ms" in r else "-",
+            f"{r['served_speedup']:.2f}x" if "served_ms" in r else "-",
         )
     console.print(table)
     out = args.root / f"encoders-{args.preset}.json"
