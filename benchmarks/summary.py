@@ -1,0 +1,137 @@
+"""All `make bench` figures in one JSON and one chart, with each target of the benchmarks issue checked.
+
+Reads what the other benchmarks wrote into build/bench/ in the same run (versus_navig.json,
+encoders-<preset>.json, vlm_decode.json, ocr_latency.json) and writes summary.json + summary.png.
+Run: `python -m benchmarks.summary` (last step of `make bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+TARGETS = {
+    "throughput_c16_vs_baseline": (">=", 10.0, "end-to-end throughput at concurrency 16 vs the baseline"),
+    "p50_c1_vs_baseline": ("<=", 1 / 3, "p50 latency at concurrency 1 vs the baseline"),
+    "serving_overhead_c1": ("<=", 0.10, "serving overhead at concurrency 1 (share of in-process latency)"),
+    "min_served_encoder_speedup_b8": (">=", 2.0, "slowest served encoder vs PyTorch eager at batch 8"),
+}
+
+
+def figures(bench: Path, preset: str) -> dict[str, Any]:
+    versus = json.loads((bench / "versus_navig.json").read_text())
+    encoders = json.loads((bench / f"encoders-{preset}.json").read_text())
+    decode = json.loads((bench / "vlm_decode.json").read_text())
+    base, limit = versus["baseline"], versus["in_process"]
+    served = {s["concurrency"]: s for s in versus["served"]}
+    out: dict[str, Any] = {
+        "throughput_vs_baseline": {
+            c: s["throughput_rps"] / base["throughput_rps"] for c, s in served.items()
+        },
+        "served_b8_speedups": {
+            r["encoder"]: r.get("served_speedup")
+            for r in encoders["results"]
+            if r["batch"] == 8 and r.get("served_speedup")
+        },
+        "merged_vs_unmerged_decode": decode["merged_vs_unmerged"],
+        "batched_vs_sequential_decode": decode["batched_vs_sequential"],
+    }
+    if 16 in served:
+        out["throughput_c16_vs_baseline"] = out["throughput_vs_baseline"][16]
+    if 1 in served:
+        out["p50_c1_vs_baseline"] = served[1]["p50_ms"] / base["p50_ms"]
+        out["serving_overhead_c1"] = served[1]["p50_ms"] / limit["p50_ms"] - 1
+    if out["served_b8_speedups"]:
+        out["min_served_encoder_speedup_b8"] = min(out["served_b8_speedups"].values())
+    return out
+
+
+def verdicts(found: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for key, (op, bound, what) in TARGETS.items():
+        value = found.get(key)
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out[key] = {"what": what, "target": f"{op} {bound:.3g}", "value": value, "met": met}
+    return out
+
+
+def plot(bench: Path, preset: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    versus = json.loads((bench / "versus_navig.json").read_text())
+    encoders = json.loads((bench / f"encoders-{preset}.json").read_text())["results"]
+    decode = json.loads((bench / "vlm_decode.json").read_text())
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
+
+    levels = [s["concurrency"] for s in versus["served"]]
+    x = np.arange(len(levels))
+    axes[0].bar(x - 0.2, [versus["baseline"]["throughput_rps"]] * len(levels), 0.4, label="NAVIG baseline")
+    axes[0].bar(x + 0.2, [s["throughput_rps"] for s in versus["served"]], 0.4, label="navig-serve")
+    axes[0].set_xticks(x, [f"c={c}" for c in levels])
+    axes[0].set(title="end-to-end throughput", ylabel="photos/s")
+    axes[0].legend(fontsize=8)
+
+    c1 = next(s for s in versus["served"] if s["concurrency"] == levels[0])
+    names = ["baseline", "in-process\n(limit)", f"served\nc={levels[0]}"]
+    axes[1].bar(
+        names,
+        [versus["baseline"]["p50_ms"], versus["in_process"]["p50_ms"], c1["p50_ms"]],
+        color=["C0", "C2", "C1"],
+    )
+    axes[1].set(title="p50 latency, one photo at a time", ylabel="ms")
+
+    rows = [r for r in encoders if r.get("served_ms")]
+    labels = [f"{r['encoder'].split(' ')[0]}\nb{r['batch']}" for r in rows]
+    xs = np.arange(len(rows))
+    axes[2].bar(xs - 0.2, [r["speedup"] for r in rows], 0.4, label="ONNX Runtime in-process")
+    axes[2].bar(xs + 0.2, [r["served_speedup"] for r in rows], 0.4, label="served by Triton")
+    axes[2].axhline(2.0, color="grey", linestyle="--", linewidth=1)
+    axes[2].set_xticks(xs, labels, fontsize=8)
+    axes[2].set(title="encoders: speed-up over PyTorch eager", ylabel="x")
+    axes[2].legend(fontsize=8)
+
+    kinds = ["peft_unmerged_tok_s", "merged_tok_s", "sequential_8_tok_s", "batched_8_tok_s"]
+    axes[3].bar(
+        ["LoRA\nunmerged", "merged", "8 one by\none", "8 in a\nbatch"],
+        [decode[k] for k in kinds],
+        color=["C0", "C1", "C1", "C3"],
+    )
+    axes[3].set(title="VLM decoding", ylabel="tokens/s")
+    fig.suptitle(
+        f"navig-serve vs a NAVIG-faithful baseline ({preset} preset, {versus['machine']['cpu']}, "
+        f"{versus['machine']['cores']} cores)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bench", type=Path, default=Path("build/bench"))
+    parser.add_argument("--preset", default="small")
+    args = parser.parse_args()
+    found = figures(args.bench, args.preset)
+    checked = verdicts(found)
+    (args.bench / "summary.json").write_text(json.dumps({"figures": found, "targets": checked}, indent=1))
+    plot(args.bench, args.preset, args.bench / "summary.png")
+    table = Table("target", "wanted", "measured", "met", title="benchmark targets")
+    for row in checked.values():
+        value = "-" if row["value"] is None else f"{row['value']:.3g}"
+        met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "not measured"}[row["met"]]
+        table.add_row(row["what"], row["target"], value, met)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
