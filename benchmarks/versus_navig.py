@@ -143,7 +143,7 @@ def baseline(checkpoints: Path, root: Path, photos: list[np.ndarray], tokens: in
             t = time.perf_counter()
             result = navig.locate(photo)
             latencies.append((time.perf_counter() - t) * 1e3)
-            steps.append(result.timings)
+            steps.append(result.timings_ms)
             progress.advance(task)
         seconds = time.perf_counter() - started
     step_means = {k: statistics.fmean(s.get(k, 0.0) for s in steps) for k in steps[0]} if steps else {}
