@@ -41,3 +41,7 @@ bench: repository
 	$(BIN)/python -m benchmarks.ocr_latency --model-repository $(REPOSITORY)
 	$(BIN)/python -m benchmarks.encoders --preset small
 	$(BIN)/python -m benchmarks.geolocator_load --model-repository $(REPOSITORY)
+	$(BIN)/python -m benchmarks.vlm_batching --model-repository $(REPOSITORY)
+	$(BIN)/python -m benchmarks.vlm_decode --checkpoints build/bench/checkpoints-small
+	$(BIN)/python -m benchmarks.versus_navig --preset small
+	$(BIN)/python -m benchmarks.summary --preset small

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import statistics
 import time
@@ -27,6 +28,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from benchmarks.in_process import in_process_pipeline, locate, run_options
+from navig import model_repository as model_repository_package
 from navig.client.images import read_rgb
 from navig.client.profile.load import Budget, GeolocatorTarget, Level, run_level
 from navig.client.profile.machine import machine
@@ -50,11 +52,22 @@ def prepare(preset: str, root: Path, console: Console) -> tuple[Path, Path]:
     if not (checkpoints / SPEC_FILE).is_file():
         with console.status(f"building the {preset} checkpoints..."):
             build_demo_checkpoints(checkpoints, preset)
-    if not (repository / "export_report.json").is_file():
+    stamp = repository / ".source-digest"
+    if not stamp.is_file() or stamp.read_text() != source_digest():
         spec = load_spec(checkpoints / SPEC_FILE).model_copy(update={"output": repository})
         with Progress(console=console, transient=True) as progress:
             build(spec, progress)
+        stamp.write_text(source_digest())
     return checkpoints, repository
+
+
+def source_digest() -> str:
+    """The model repository's source (configs and model code): an export made from other sources is stale."""
+    root = Path(model_repository_package.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("*.py"), *root.glob("*/config.pbtxt"), *root.glob("*/1/model.py")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def latency_summary(latencies_ms: list[float], seconds: float) -> dict[str, float]:

@@ -98,6 +98,8 @@ def write_model_config(spec: ExportSpec, name: str) -> None:
         triton_config.io_from_onnx(config, version_dir / "model.onnx")
     if name in contract.VLM_MODELS and spec.vlm:
         config.parameters["max_tokens"].string_value = str(spec.vlm.max_tokens)
+        config.max_batch_size = spec.vlm.max_batch
+        config.dynamic_batching.max_queue_delay_microseconds = spec.vlm.max_queue_delay_us
         triton_config.set_streaming(config, spec.vlm.stream)
     if spec.profile == "gpu":
         config = triton_config.to_gpu(name, config, spec.gpu.options())

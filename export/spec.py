@@ -27,6 +27,8 @@ class VlmSpec(_Section):
     merge_tolerance: float = 1e-3  # max |logit| difference, merged vs PEFT
     stream: bool = False  # decoupled models: one response per new piece of text
     max_tokens: int = Field(128, ge=1, le=4096)
+    max_batch: int = Field(8, ge=1, le=64)  # concurrent requests per batched generate (Triton max_batch_size)
+    max_queue_delay_us: int = Field(5000, ge=0)  # how long a request may wait for others to join its batch
 
 
 class DetectorSpec(_Section):

@@ -37,9 +37,11 @@ CLIP_EMBEDDINGS = "embeddings"  # float32 [N, D]
 REASONER = "reasoner"
 VLM = "vlm"
 VLM_MODELS = (REASONER, VLM)
-VLM_PROMPT = "prompt"  # bytes [1]: the user turn; the model applies the checkpoint's chat template
-VLM_IMAGE = "image"  # uint8 RGB [H, W, 3], optional
-VLM_MAX_TOKENS = "max_tokens"  # int32 [1], optional: the model config's default otherwise
-VLM_JSON_SCHEMA = "json_schema"  # bytes [1], optional: constrain the answer to this JSON schema
-VLM_TEXT = "text"  # bytes [1]: the whole answer (streaming: each response carries the new text)
-VLM_TOKEN_IDS = "token_ids"  # int32 [-1]: generated token ids (streaming: the new ones)
+# One generation per request; every tensor has Triton's batch dimension of 1 in front (dynamic
+# batching groups concurrent requests into one batched generate).
+VLM_PROMPT = "prompt"  # bytes [1, 1]: the user turn; the model applies the checkpoint's chat template
+VLM_IMAGE = "image"  # uint8 RGB [1, H, W, 3], optional; any size (ragged across a batch)
+VLM_MAX_TOKENS = "max_tokens"  # int32 [1, 1], optional: the model config's default otherwise
+VLM_JSON_SCHEMA = "json_schema"  # bytes [1, 1], optional: constrain the answer to this JSON schema ("": none)
+VLM_TEXT = "text"  # bytes [1, 1]: the whole answer (streaming: each response carries the new text)
+VLM_TOKEN_IDS = "token_ids"  # int32 [1, -1]: generated token ids (streaming: the new ones)

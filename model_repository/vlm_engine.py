@@ -18,7 +18,14 @@ from queue import Queue
 import numpy as np
 import torch
 import xgrammar
-from transformers import AutoTokenizer, LogitsProcessorList, Qwen2VLForConditionalGeneration
+from transformers import (
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    Qwen2VLForConditionalGeneration,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -58,6 +65,24 @@ class VlmInputs:
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
+    def collate(self, rows: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+        """Several rows as one batch, LEFT padded so every row's next token sits in the last column.
+
+        Images of any size: their patches are concatenated in row order, which is the order in
+        which Qwen2-VL scatters vision features into the image tokens of the flattened batch.
+        """
+        width = max(row["input_ids"].shape[1] for row in rows)
+        batch = {
+            "input_ids": torch.cat([_left_pad(r["input_ids"], width, pad_token_id) for r in rows]),
+            "attention_mask": torch.cat([_left_pad(r["attention_mask"], width, 0) for r in rows]),
+        }
+        with_images = [r for r in rows if "pixel_values" in r]
+        if with_images:
+            batch["mm_token_type_ids"] = (batch["input_ids"] == self.image_token_id).long()
+            batch["pixel_values"] = torch.cat([r["pixel_values"] for r in with_images])
+            batch["image_grid_thw"] = torch.cat([r["image_grid_thw"] for r in with_images])
+        return batch
+
 
 class TransformersVlm:
     def __init__(self, weights: Path, threads: int = 0) -> None:
@@ -72,6 +97,12 @@ class TransformersVlm:
             self.inputs.tokenizer, vocab_size=config.text_config.vocab_size
         )
         self._grammars = xgrammar.GrammarCompiler(vocabulary)
+        eos = self.model.generation_config.eos_token_id
+        self._eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        pad = self.model.generation_config.pad_token_id
+        self._pad_token_id = int(
+            pad if pad is not None else self.inputs.tokenizer.pad_token_id or min(self._eos_token_ids)
+        )
 
     def generate(
         self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
@@ -87,6 +118,49 @@ class TransformersVlm:
             )
         token_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
         return Generation(token_ids, self.inputs.decode(token_ids))
+
+    def generate_batch(
+        self,
+        prompts: list[str],
+        images: list[np.ndarray | None],
+        max_tokens: list[int],
+        json_schemas: list[str | None],
+    ) -> list[Generation]:
+        """Several requests in one greedy `generate`: on CPU a step for 8 rows costs little more than for 1.
+
+        Each row stops at its own EOS or budget (the batch runs until the last row is done) and
+        gets its own JSON-schema constraint, or none. Row results equal `generate` of that row alone.
+        """
+        grammars = [self._compiled(s) if s is not None else None for s in json_schemas]
+        rows = [self.inputs(prompt, image) for prompt, image in zip(prompts, images, strict=True)]
+        batch = self.inputs.collate(rows, self._pad_token_id)
+        prompt_length = batch["input_ids"].shape[1]
+        with torch.inference_mode():
+            output = self.model.generate(
+                **batch,
+                max_new_tokens=max(max_tokens),
+                do_sample=False,
+                pad_token_id=self._pad_token_id,
+                logits_processor=LogitsProcessorList([RowGrammars(grammars)]) if any(grammars) else None,
+                stopping_criteria=StoppingCriteriaList([RowBudgets(prompt_length, max_tokens)]),
+            )
+        new_tokens = output[:, prompt_length:].tolist()
+        results = []
+        for token_ids, budget in zip(new_tokens, max_tokens, strict=True):
+            token_ids = self._until_eos(token_ids[:budget])
+            results.append(Generation(token_ids, self.inputs.decode(token_ids)))
+        return results
+
+    def check_schema(self, json_schema: str) -> None:
+        """Raises ValueError for a schema xgrammar cannot compile, before it joins a batch."""
+        self._compiled(json_schema)
+
+    def _until_eos(self, token_ids: list[int]) -> list[int]:
+        """A finished row's tokens up to and including its first EOS (padding follows it)."""
+        for position, token in enumerate(token_ids):
+            if token in self._eos_token_ids:
+                return token_ids[: position + 1]
+        return token_ids
 
     def stream(
         self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
@@ -149,6 +223,50 @@ class TransformersVlm:
                 )
         except Exception as exc:
             streamer.fail(exc)
+
+
+class RowBudgets(StoppingCriteria):
+    """Per-row token budgets: a row is done once it has its own `max_tokens` new tokens."""
+
+    def __init__(self, prompt_length: int, budgets: list[int]) -> None:
+        self.prompt_length = prompt_length
+        self.budgets = torch.tensor(budgets)
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object
+    ) -> torch.BoolTensor:
+        return (input_ids.shape[1] - self.prompt_length) >= self.budgets
+
+
+class RowGrammars(LogitsProcessor):
+    """xgrammar token masks for the rows that have a schema; rows without one are left alone.
+
+    xgrammar's own HF processor wants a grammar for every row and asserts that each sampled
+    token is accepted, which fails for rows that `generate` has finished and now pads: here a
+    row whose matcher refuses a token is finished and no longer masked.
+    """
+
+    def __init__(self, grammars: list[xgrammar.CompiledGrammar | None]) -> None:
+        self.matchers = {i: xgrammar.GrammarMatcher(g) for i, g in enumerate(grammars) if g is not None}
+        vocab_size = next(iter(g for g in grammars if g is not None)).tokenizer_info.vocab_size
+        self.bitmask = xgrammar.allocate_token_bitmask(len(grammars), vocab_size)
+        self.started = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.started:
+            for row, matcher in list(self.matchers.items()):
+                if not matcher.accept_token(int(input_ids[row, -1])) or matcher.is_terminated():
+                    del self.matchers[row]  # finished: its EOS, or padding after its budget
+        self.started = True
+        for row, matcher in self.matchers.items():
+            matcher.fill_next_token_bitmask(self.bitmask, row)
+        if self.matchers:
+            xgrammar.apply_token_bitmask_inplace(scores, self.bitmask, indices=list(self.matchers))
+        return scores
+
+
+def _left_pad(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(tensor, (width - tensor.shape[1], 0), value=value)
 
 
 class _TokenQueue(BaseStreamer):

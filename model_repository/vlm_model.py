@@ -3,10 +3,20 @@
 Config parameters choose the engine (`transformers` on cpu, `tensorrt_llm` on gpu), the weights
 folder beside this file and the default token budget. With `decoupled: true` in the model's
 transaction policy the answer streams: one response per new piece of text, then a final flag.
+
+Concurrent requests are batched by Triton's dynamic batcher (`max_batch_size` rows,
+`max_queue_delay_microseconds`), not by a batching loop in here: Triton already queues, groups,
+times out and counts (statistics: executions vs requests), the python backend hands each request's
+own tensors to `execute` (so `allow_ragged_batch` lets images of different sizes share a batch),
+and the model stays non-decoupled, so callers keep unary `infer`. An in-model batcher would need a
+decoupled model (stream API for every caller) plus threads and our own queue. Each request of a
+batch is one row of `engine.generate_batch`; a bad row gets its own INVALID_ARGUMENT and the others
+still run. Streaming (decoupled) models serve the requests of a batch one after another.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,41 +44,64 @@ class TritonPythonModel:
             self.engine = TransformersVlm(weights, threads=int(params.get("threads", "0")))
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
-        responses = []
-        for request in requests:
-            try:
-                prompt, image, max_tokens, json_schema = self._read(request)
-            except ValueError as exc:
-                responses.append(backend.error_response(str(exc), invalid_argument=True))
-                if self.decoupled:
-                    self._finish(request, responses.pop())
-                continue
-            try:
-                if self.decoupled:
-                    self._stream(request, prompt, image, max_tokens, json_schema)
-                else:
-                    responses.append(_response(self.engine.generate(prompt, image, max_tokens, json_schema)))
-            except ValueError as exc:  # e.g. a schema the grammar compiler rejects
-                error = backend.error_response(str(exc), invalid_argument=True)
-                if self.decoupled:
-                    self._finish(request, error)
-                else:
-                    responses.append(error)
-            except Exception as exc:
-                error = backend.error_response(f"generation failed: {exc}")
-                if self.decoupled:
-                    self._finish(request, error)
-                else:
-                    responses.append(error)
-        return None if self.decoupled else responses
+        if self.decoupled:
+            for request in requests:
+                self._serve_stream(request)
+            return None
+        return self._serve_batch(requests)
 
-    def _read(self, request: Any) -> tuple[str, np.ndarray | None, int, str | None]:
-        prompt_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_PROMPT)
-        prompt = _text(prompt_tensor.as_numpy().reshape(-1)[0])
+    def _serve_batch(self, requests: list[Any]) -> list[Any]:
+        """Every valid request of Triton's dynamic batch becomes a row of one `generate_batch`."""
+        responses: list[Any] = [None] * len(requests)
+        rows: list[tuple[int, Row]] = []
+        for k, request in enumerate(requests):
+            try:
+                rows.append((k, self._read(request)))
+            except ValueError as exc:  # bad input or a schema the grammar compiler rejects: this row only
+                responses[k] = backend.error_response(str(exc), invalid_argument=True)
+        if rows:
+            for k, response in zip(
+                [k for k, _ in rows], self._generate([row for _, row in rows]), strict=True
+            ):
+                responses[k] = response
+        return responses
+
+    def _generate(self, rows: list[Row]) -> list[Any]:
+        try:
+            generations = self.engine.generate_batch(
+                [r.prompt for r in rows],
+                [r.image for r in rows],
+                [r.max_tokens for r in rows],
+                [r.json_schema for r in rows],
+            )
+        except Exception as exc:
+            return [backend.error_response(f"generation failed: {exc}")] * len(rows)
+        return [_response(g) for g in generations]
+
+    def _serve_stream(self, request: Any) -> None:
+        """Decoupled: one request at a time, one response per new piece of text (not batched)."""
+        try:
+            row = self._read(request)
+            self._stream(request, row)
+        except ValueError as exc:
+            self._finish(request, backend.error_response(str(exc), invalid_argument=True))
+        except Exception as exc:
+            self._finish(request, backend.error_response(f"generation failed: {exc}"))
+
+    def _read(self, request: Any) -> Row:
+        """One request's inputs, each with Triton's batch dimension of 1; ValueError if unusable."""
+        prompts = pb_utils.get_input_tensor_by_name(request, contract.VLM_PROMPT).as_numpy().reshape(-1)
+        if len(prompts) != 1:
+            raise ValueError(f"one prompt per request (batch dimension 1), got {len(prompts)}")
+        prompt = _text(prompts[0])
         image_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_IMAGE)
         image = image_tensor.as_numpy() if image_tensor is not None else None
-        if image is not None and min(image.shape[:2]) < 28:
-            raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} is smaller than 28 px")
+        if image is not None:
+            if image.ndim != 4 or image.shape[0] != 1:
+                raise ValueError(f"image must be [1, H, W, 3], got {list(image.shape)}")
+            image = image[0]
+            if min(image.shape[:2]) < 28:
+                raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} is smaller than 28 px")
         budget_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_MAX_TOKENS)
         max_tokens = (
             int(budget_tensor.as_numpy().reshape(-1)[0]) if budget_tensor else self.default_max_tokens
@@ -76,20 +109,32 @@ class TritonPythonModel:
         if not 1 <= max_tokens <= 4096:
             raise ValueError(f"max_tokens must be in 1..4096, got {max_tokens}")
         schema_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_JSON_SCHEMA)
-        json_schema = _text(schema_tensor.as_numpy().reshape(-1)[0]) if schema_tensor is not None else None
-        return prompt, image, max_tokens, json_schema
+        json_schema = (
+            (_text(schema_tensor.as_numpy().reshape(-1)[0]) or None) if schema_tensor is not None else None
+        )
+        if json_schema is not None:
+            self.engine.check_schema(json_schema)
+        return Row(prompt, image, max_tokens, json_schema)
 
-    def _stream(
-        self, request: Any, prompt: str, image: np.ndarray | None, max_tokens: int, json_schema: str | None
-    ) -> None:
+    def _stream(self, request: Any, row: Row) -> None:
         sender = request.get_response_sender()
-        for piece in self.engine.stream(prompt, image, max_tokens, json_schema):
+        for piece in self.engine.stream(row.prompt, row.image, row.max_tokens, row.json_schema):
             sender.send(_response(piece))
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     @staticmethod
     def _finish(request: Any, response: Any) -> None:
         request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One request's generation inputs."""
+
+    prompt: str
+    image: np.ndarray | None
+    max_tokens: int
+    json_schema: str | None
 
 
 def _text(value: Any) -> str:
@@ -99,7 +144,9 @@ def _text(value: Any) -> str:
 def _response(generation: Generation) -> Any:
     return pb_utils.InferenceResponse(
         output_tensors=[
-            pb_utils.Tensor(contract.VLM_TEXT, np.array([generation.text.encode("utf-8")], dtype=np.object_)),
-            pb_utils.Tensor(contract.VLM_TOKEN_IDS, np.asarray(generation.token_ids, dtype=np.int32)),
+            pb_utils.Tensor(
+                contract.VLM_TEXT, np.array([[generation.text.encode("utf-8")]], dtype=np.object_)
+            ),
+            pb_utils.Tensor(contract.VLM_TOKEN_IDS, np.asarray([generation.token_ids], dtype=np.int32)),
         ]
     )

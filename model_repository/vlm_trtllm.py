@@ -1,6 +1,6 @@
 """Qwen2-VL generation on TensorRT-LLM's LLM API (PyTorch backend): the gpu profile's VLM engine.
 
-Same two methods as `vlm_engine.TransformersVlm`, so the Triton model and its contract do not
+Same methods as `vlm_engine.TransformersVlm`, so the Triton model and its contract do not
 change between profiles. Written against TensorRT-LLM's documented LLM API (`LLM`,
 `SamplingParams`, prompts with `multi_modal_data`); it cannot run without an NVIDIA GPU and the
 `tensorrt_llm` package, and it has not been run on a GPU by this project yet.
@@ -8,6 +8,7 @@ change between profiles. Written against TensorRT-LLM's documented LLM API (`LLM
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,27 @@ class TrtLlmVlm:
         params = self._params(max_new_tokens, json_schema)
         output = self.llm.generate([self._prompt(prompt, image)], sampling_params=params)[0].outputs[0]
         return Generation(list(output.token_ids), output.text)
+
+    def generate_batch(
+        self,
+        prompts: list[str],
+        images: list[np.ndarray | None],
+        max_tokens: list[int],
+        json_schemas: list[str | None],
+    ) -> list[Generation]:
+        """The rows of Triton's dynamic batch in one LLM-API call (in-flight batching does the rest)."""
+        requests = [self._prompt(p, i) for p, i in zip(prompts, images, strict=True)]
+        params = [self._params(m, s) for m, s in zip(max_tokens, json_schemas, strict=True)]
+        outputs = self.llm.generate(requests, sampling_params=params)
+        return [Generation(list(o.outputs[0].token_ids), o.outputs[0].text) for o in outputs]
+
+    @staticmethod
+    def check_schema(json_schema: str) -> None:
+        """Rejects what is not JSON before it joins a batch (the grammar is compiled in the LLM API)."""
+        try:
+            json.loads(json_schema)
+        except ValueError as exc:
+            raise ValueError(f"json_schema is not a usable JSON schema: {exc}") from exc
 
     def stream(
         self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None

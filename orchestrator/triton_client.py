@@ -31,7 +31,7 @@ class TritonModels:
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
         self._client = triton.InferenceServerClient(url, channel_args=options)
-        self._decoupled: dict[str, bool] = {}
+        self._configs: dict[str, tuple[bool, bool]] = {}
 
     async def close(self) -> None:
         await self._client.close()
@@ -83,9 +83,13 @@ class TritonModels:
             inputs[contract.VLM_IMAGE] = image
         if max_tokens is not None:
             inputs[contract.VLM_MAX_TOKENS] = np.array([max_tokens], np.int32)
-        if json_schema is not None:
-            inputs[contract.VLM_JSON_SCHEMA] = np.array([json_schema.encode()], dtype=np.object_)
-        if not await self._is_decoupled(model, deadline):
+        # always sent ("" = unconstrained): Triton batches only requests with the same set of inputs,
+        # so the describer's calls and the GUESSER's can share a batch
+        inputs[contract.VLM_JSON_SCHEMA] = np.array([(json_schema or "").encode()], dtype=np.object_)
+        decoupled, batched = await self._shape(model, deadline)
+        if batched:  # dynamic batching: one generation per request, batch dimension 1
+            inputs = {name: array[None] for name, array in inputs.items()}
+        if not decoupled:
             outputs = await self.infer(model, inputs, deadline)
             yield outputs[contract.VLM_TEXT].reshape(-1)[0].decode("utf-8")
             return
@@ -114,16 +118,20 @@ class TritonModels:
             responses.cancel()
             self._metrics.triton_latency.labels(model).observe(time.perf_counter() - started)
 
-    async def _is_decoupled(self, model: str, deadline: Deadline) -> bool:
-        if model not in self._decoupled:
+    async def _shape(self, model: str, deadline: Deadline) -> tuple[bool, bool]:
+        """(decoupled, batched) from the model's config, asked once per model."""
+        if model not in self._configs:
             try:
                 config = await self._client.get_model_config(
                     model, client_timeout=min(5.0, deadline.remaining())
                 )
             except InferenceServerException as exc:
                 raise self._failure(model, exc) from None
-            self._decoupled[model] = config.config.model_transaction_policy.decoupled
-        return self._decoupled[model]
+            self._configs[model] = (
+                config.config.model_transaction_policy.decoupled,
+                config.config.max_batch_size > 0,
+            )
+        return self._configs[model]
 
     def _failure(self, model: str, exc: InferenceServerException) -> PipelineError:
         status = str(exc.status() or "")

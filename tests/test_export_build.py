@@ -85,6 +85,11 @@ def test_gpu_configs_parse_with_tritons_schema(gpu_repository: Path, model_repos
             assert config.model_warmup, "engines are built while loading, not on the first request"
         elif model in contract.VLM_MODELS:
             assert config.parameters["engine"].string_value == "tensorrt_llm"
+        if model in contract.VLM_MODELS:  # concurrent generations share a batch in both profiles
+            assert config.max_batch_size == cpu.max_batch_size == 8
+            assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+            image = next(i for i in config.input if i.name == contract.VLM_IMAGE)
+            assert image.allow_ragged_batch and image.optional
 
 
 def test_gpu_onnxruntime_tensorrt_accelerator(demo_checkpoints: Path, tmp_path: Path):

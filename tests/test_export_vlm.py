@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +23,34 @@ from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, Tri
 PROMPT = "Where was this photo taken? Describe the signs."
 
 
+def vlm_inputs(prompt: str, image=None, max_tokens=12, schema=None) -> list[grpcclient.InferInput]:
+    """One generation request; every tensor carries Triton's batch dimension of 1."""
+    values = {contract.VLM_PROMPT: np.array([[prompt.encode()]], dtype=np.object_)}
+    if image is not None:
+        values[contract.VLM_IMAGE] = image[None]
+    if max_tokens is not None:
+        values[contract.VLM_MAX_TOKENS] = np.array([[max_tokens]], np.int32)
+    if schema is not None:
+        values[contract.VLM_JSON_SCHEMA] = np.array([[schema.encode()]], dtype=np.object_)
+    inputs = []
+    for name, value in values.items():
+        dtype = "BYTES" if value.dtype == np.object_ else "UINT8" if value.dtype == np.uint8 else "INT32"
+        inputs.append(grpcclient.InferInput(name, list(value.shape), dtype))
+        inputs[-1].set_data_from_numpy(value)
+    return inputs
+
+
+def answer(result) -> tuple[list[int], str]:
+    return (
+        result.as_numpy(contract.VLM_TOKEN_IDS).reshape(-1).tolist(),
+        result.as_numpy(contract.VLM_TEXT).reshape(-1)[0].decode(),
+    )
+
+
 def served(
     client: grpcclient.InferenceServerClient, model: str, prompt: str, image=None, max_tokens=12, schema=None
 ):
-    inputs = [grpcclient.InferInput(contract.VLM_PROMPT, [1], "BYTES")]
-    inputs[0].set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
-    if image is not None:
-        inputs.append(grpcclient.InferInput(contract.VLM_IMAGE, list(image.shape), "UINT8"))
-        inputs[-1].set_data_from_numpy(image)
-    inputs.append(grpcclient.InferInput(contract.VLM_MAX_TOKENS, [1], "INT32"))
-    inputs[-1].set_data_from_numpy(np.array([max_tokens], np.int32))
-    if schema is not None:
-        inputs.append(grpcclient.InferInput(contract.VLM_JSON_SCHEMA, [1], "BYTES"))
-        inputs[-1].set_data_from_numpy(np.array([schema.encode()], dtype=np.object_))
-    result = client.infer(model, inputs)
-    return result.as_numpy(contract.VLM_TOKEN_IDS).tolist(), result.as_numpy(contract.VLM_TEXT)[0].decode()
+    return answer(client.infer(model, vlm_inputs(prompt, image, max_tokens, schema)))
 
 
 def test_merge_parity_is_reported_within_tolerance(export_reports: list[ArtifactReport]):
@@ -100,6 +114,74 @@ def test_json_schema_constrains_even_random_weights(triton):
     assert "INVALID_ARGUMENT" in str(info.value.status())
 
 
+def test_concurrent_requests_are_batched_and_answer_as_alone(triton, model_repository):
+    """Rows of one batched generate (left padded, own budget, own schema or none) equal lone generations."""
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    reference = TransformersVlm(model_repository / contract.VLM / "1" / "weights")
+    schema = json.dumps(
+        {
+            "type": "object",
+            "properties": {"country": {"type": "string", "maxLength": 6}, "lat": {"type": "number"}},
+            "required": ["country", "lat"],
+            "additionalProperties": False,
+        }
+    )
+    big, tall = parity_images()
+    small = np.random.default_rng(3).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    requests = [  # Triton batches requests that send the same set of inputs: the first four here
+        (PROMPT, big, 12, None),
+        ("Which country is this?", tall, 40, None),
+        ("Describe the houses.", small, 33, None),
+        ("Read the signs.", big, 20, None),
+        ("Answer in JSON.", big, 64, schema),
+        ("Where?", None, 7, schema),
+        ("What does the road look like?", tall, None, None),  # the config's default budget
+    ]
+    before = _executions(client, contract.VLM)
+    results: list = [None] * len(requests)
+
+    def keep(k: int):
+        return lambda result, error: results.__setitem__(k, error or result)
+
+    for k, (prompt, image, max_tokens, schema_text) in enumerate(requests):
+        client.async_infer(contract.VLM, vlm_inputs(prompt, image, max_tokens, schema_text), keep(k))
+    deadline = time.monotonic() + 120
+    while any(r is None for r in results) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    executions, inferences = (a - b for a, b in zip(_executions(client, contract.VLM), before, strict=True))
+    default_budget = int(client.get_model_config(contract.VLM).config.parameters["max_tokens"].string_value)
+    for (prompt, image, max_tokens, schema_text), result in zip(requests, results, strict=True):
+        assert not isinstance(result, Exception), result
+        expected = reference.generate(prompt, image, max_tokens or default_budget, schema_text)
+        assert answer(result) == (expected.token_ids, expected.text), prompt
+    assert inferences == len(requests)
+    assert executions < inferences, f"{inferences} requests took {executions} executions: no batching"
+    print(f"\n{inferences} concurrent requests served in {executions} batched executions")
+
+
+def test_one_batch_mixes_images_budgets_and_schemas(model_repository):
+    """The engine alone: rows with and without image/schema, each budget, in ONE generate_batch."""
+    engine = TransformersVlm(model_repository / contract.VLM / "1" / "weights")
+    schema = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]})
+    big, tall = parity_images()
+    rows = [
+        (PROMPT, big, 12, None),
+        ("Which country is this?", tall, 40, schema),
+        ("Read the signs.", None, 20, None),
+        ("Answer in JSON.", big, 64, schema),
+        ("Where?", None, 7, schema),
+    ]
+    batched = engine.generate_batch(*(list(column) for column in zip(*rows, strict=True)))
+    for (prompt, image, max_tokens, schema_text), row in zip(rows, batched, strict=True):
+        assert row == engine.generate(prompt, image, max_tokens, schema_text), prompt
+
+
+def _executions(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
+    """(model executions, inferences) so far: fewer executions than inferences means batching."""
+    (stats,) = client.get_inference_statistics(model).model_stats
+    return stats.execution_count, stats.inference_count
+
+
 def test_streaming_model_sends_pieces_that_add_up(demo_checkpoints: Path, tmp_path: Path):
     from navig.export.build import build
     from navig.export.spec import load_spec
@@ -127,13 +209,12 @@ def test_streaming_model_sends_pieces_that_add_up(demo_checkpoints: Path, tmp_pa
         def collect(result, error):
             if error:
                 errors.append(error)
-            elif (ids := result.as_numpy(contract.VLM_TOKEN_IDS)) is not None:  # None: empty final response
-                pieces.append((ids.tolist(), result.as_numpy(contract.VLM_TEXT)[0].decode()))
+            elif result.as_numpy(contract.VLM_TOKEN_IDS) is not None:  # None: empty final response
+                pieces.append(answer(result))
 
         client.start_stream(callback=collect)
-        prompt = grpcclient.InferInput(contract.VLM_PROMPT, [1], "BYTES")
-        prompt.set_data_from_numpy(np.array([PROMPT.encode()], dtype=np.object_))
-        client.async_stream_infer(contract.VLM, [prompt], enable_empty_final_response=True)
+        inputs = vlm_inputs(PROMPT, max_tokens=None)
+        client.async_stream_infer(contract.VLM, inputs, enable_empty_final_response=True)
         client.stop_stream()
     assert not errors
     expected = TransformersVlm(tmp_path / "repo" / contract.VLM / "1" / "weights").generate(PROMPT, None, 128)
