@@ -66,9 +66,7 @@ class TrtLlmVlm:
     def generate(
         self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
     ) -> Generation:
-        params = self._params(max_new_tokens, json_schema)
-        output = self.llm.generate([self._prompt(prompt, image)], sampling_params=params)[0].outputs[0]
-        return Generation(list(output.token_ids), output.text)
+        return self.generate_batch([prompt], [image], [max_new_tokens], [json_schema])[0]
 
     def generate_batch(
         self,

@@ -65,6 +65,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from navig.model_repository.contract import DETECTOR_PROMPTS
 from navig.model_repository.vlm_engine import VlmInputs
 from navig.orchestrator import prompts
+from navig.orchestrator.searcher import Crop  # the same crop record as the served SEARCHER
 from navig.orchestrator.tools.gazetteer.index import GazetteerIndex
 from navig.orchestrator.tools.gazetteer.search import Gazetteer
 from navig.orchestrator.tools.guidebook.default import default_entries
@@ -80,18 +81,6 @@ GUIDEBOOK_K = 3
 MAP_LIMIT = 5
 COUNTERS = ("generations", "prompt_tokens", "new_tokens", "detector_passes", "clip_loads", "index_loads")
 STEPS = ("reasoner", "detector", "vlm_ocr", "map", "describer", "guidebook", "guesser")
-
-
-@dataclass(frozen=True)
-class Crop:
-    label: str  # the GroundingDINO prompt whose pass found it
-    score: float
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels
-    pixels: np.ndarray
-
-    @property
-    def where(self) -> str:
-        return f"{self.label} at {list(self.box)}"
 
 
 @dataclass
