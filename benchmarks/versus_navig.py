@@ -33,6 +33,7 @@ from navig.client.images import read_rgb
 from navig.client.profile.load import Budget, GeolocatorTarget, Level, run_level
 from navig.client.profile.machine import machine
 from navig.client.profile.report import summarise
+from navig.client.profile.triton_stats import difference, settled_snapshot
 from navig.export.build import build
 from navig.export.cli import quiet_transformers
 from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
@@ -102,6 +103,7 @@ def served(
                     )  # warm-up
                     for c in levels:
                         task = progress.add_task(f"served, concurrency {c}", total=max(len(images), 2 * c))
+                        before = settled_snapshot(triton.grpc_url)
                         started = time.perf_counter()
                         samples = await run_level(
                             target,
@@ -109,13 +111,16 @@ def served(
                             Budget(requests=max(len(images), 2 * c)),
                             lambda _, t=task: progress.advance(t),
                         )
-                        summary = summarise(Level(concurrency=c), samples, time.perf_counter() - started, {})
+                        seconds = time.perf_counter() - started
+                        models = difference(before, settled_snapshot(triton.grpc_url))
+                        summary = summarise(Level(concurrency=c), samples, seconds, models)
                         ok = [s.latency_ms for s in samples if s.status == "OK"]
                         out.append(
                             {
                                 "concurrency": c,
                                 "errors": summary["errors"],
                                 "stages_ms": summary["stages_ms"],
+                                "triton_models": models,
                                 **latency_summary(ok, summary["duration_s"]),
                             }
                         )

@@ -42,6 +42,10 @@ class GpuOptions:
     workspace_bytes: int = 1 << 30
 
 
+# ONNX Runtime session settings of the cpu profile's python-backend runner (onnx_runner.py).
+PYTHON_BACKEND_KNOBS = ("intra_op_threads", "allow_spinning")
+
+
 def source_config(name: str) -> tuple[str, mc.ModelConfig]:
     """The model's config.pbtxt in the source tree: its leading comment block and the message."""
     text = (MODEL_SOURCES / name / "config.pbtxt").read_text()
@@ -67,8 +71,9 @@ def to_gpu(name: str, config: mc.ModelConfig, options: GpuOptions) -> mc.ModelCo
     gpu.CopyFrom(config)
     del gpu.instance_group[:]
     if name in ONNX_MODELS:
-        if "intra_op_threads" in gpu.parameters:  # a python-backend knob; ORT backend has its own
-            del gpu.parameters["intra_op_threads"]
+        for knob in PYTHON_BACKEND_KNOBS:  # the ORT backend has its own
+            if knob in gpu.parameters:
+                del gpu.parameters[knob]
         gpu.ClearField("backend")
         if options.encoders == "plan":
             gpu.platform = "tensorrt_plan"

@@ -22,6 +22,7 @@ class TritonPythonModel:
         params = backend.parameters(config)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "1"))
         path = backend.version_dir(args) / params.get("onnx_file", "model.onnx")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i["name"] for i in config["input"]]

@@ -85,7 +85,8 @@ class VlmInputs:
 
 
 class TransformersVlm:
-    def __init__(self, weights: Path, threads: int = 0) -> None:
+    def __init__(self, weights: Path, threads: int = 0, max_padding: int = 512) -> None:
+        self.max_padding = max_padding
         if threads > 0:
             torch.set_num_threads(threads)
         self.model = Qwen2VLForConditionalGeneration.from_pretrained(
@@ -126,13 +127,32 @@ class TransformersVlm:
         max_tokens: list[int],
         json_schemas: list[str | None],
     ) -> list[Generation]:
-        """Several requests in one greedy `generate`: on CPU a step for 8 rows costs little more than for 1.
+        """Several requests batched: on CPU a decode step for 8 rows costs little more than for 1.
 
-        Each row stops at its own EOS or budget (the batch runs until the last row is done) and
-        gets its own JSON-schema constraint, or none. Row results equal `generate` of that row alone.
+        Rows are grouped by prompt length (`length_groups`) so that a long GUESSER prompt does not
+        make short describer rows pay for its padding; each group is one greedy `generate`. Each
+        row stops at its own EOS or budget and gets its own JSON-schema constraint, or none. Row
+        results equal `generate` of that row alone.
         """
         grammars = [self._compiled(s) if s is not None else None for s in json_schemas]
         rows = [self.inputs(prompt, image) for prompt, image in zip(prompts, images, strict=True)]
+        results: dict[int, Generation] = {}
+        lengths = [int(row["input_ids"].shape[1]) for row in rows]
+        for group in length_groups(lengths, self.max_padding):
+            generations = self._generate_rows(
+                [rows[i] for i in group], [max_tokens[i] for i in group], [grammars[i] for i in group]
+            )
+            for i, generation in zip(group, generations, strict=True):
+                results[i] = generation
+        return [results[i] for i in range(len(rows))]
+
+    def _generate_rows(
+        self,
+        rows: list[dict[str, torch.Tensor]],
+        max_tokens: list[int],
+        grammars: list[xgrammar.CompiledGrammar | None],
+    ) -> list[Generation]:
+        """One left-padded greedy `generate` over `rows`."""
         batch = self.inputs.collate(rows, self._pad_token_id)
         prompt_length = batch["input_ids"].shape[1]
         with torch.inference_mode():
@@ -144,9 +164,8 @@ class TransformersVlm:
                 logits_processor=LogitsProcessorList([RowGrammars(grammars)]) if any(grammars) else None,
                 stopping_criteria=StoppingCriteriaList([RowBudgets(prompt_length, max_tokens)]),
             )
-        new_tokens = output[:, prompt_length:].tolist()
         results = []
-        for token_ids, budget in zip(new_tokens, max_tokens, strict=True):
+        for token_ids, budget in zip(output[:, prompt_length:].tolist(), max_tokens, strict=True):
             token_ids = self._until_eos(token_ids[:budget])
             results.append(Generation(token_ids, self.inputs.decode(token_ids)))
         return results
@@ -263,6 +282,28 @@ class RowGrammars(LogitsProcessor):
         if self.matchers:
             xgrammar.apply_token_bitmask_inplace(scores, self.bitmask, indices=list(self.matchers))
         return scores
+
+
+def length_groups(lengths: list[int], max_padding: int) -> list[list[int]]:
+    """Row indices grouped by prompt length, shortest first, each group padding at most `max_padding` tokens.
+
+    Left padding makes every row of a `generate` as long as its longest: prefill compute grows
+    with rows x longest prompt. A group closes when the next (longer) row would add more padding
+    than a separate decode pass costs, which `max_padding` stands for.
+    """
+    groups: list[list[int]] = []
+    padding = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups:
+            group = groups[-1]
+            added = sum(lengths[i] - lengths[j] for j in group)
+            if padding + added <= max_padding:
+                group.append(i)
+                padding += added
+                continue
+        groups.append([i])
+        padding = 0
+    return groups
 
 
 def _left_pad(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:

@@ -16,6 +16,12 @@ still run. Streaming (decoupled) models serve the requests of a batch one after 
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: its idle threads spin by default, taking the cores the other models'
+# stubs need (on 2 cores: half the throughput; README, Performance).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +47,8 @@ class TritonPythonModel:
         else:
             from navig.model_repository.vlm_engine import TransformersVlm
 
-            self.engine = TransformersVlm(weights, threads=int(params.get("threads", "0")))
+            threads, max_padding = int(params.get("threads", "0")), int(params.get("max_padding", "512"))
+            self.engine = TransformersVlm(weights, threads=threads, max_padding=max_padding)
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
         if self.decoupled:

@@ -58,6 +58,8 @@ def test_cpu_configs_parse_and_match_the_contract(model_repository: Path):
         assert config.name == model and config.backend == "python"
         if model in ONNX_MODELS:
             assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
+            # ORT threads that spin while idle take the cores the other models need
+            assert config.parameters["allow_spinning"].string_value == "0"
     detector = parse(model_repository / contract.DETECTOR / "config.pbtxt")
     assert [i.name for i in detector.input] == [contract.DETECTOR_IMAGES]
     assert detector.input[0].data_type == mc.TYPE_UINT8
@@ -105,7 +107,7 @@ def test_gpu_onnxruntime_tensorrt_accelerator(demo_checkpoints: Path, tmp_path: 
     assert accelerator.name == "tensorrt"
     assert accelerator.parameters["precision_mode"] == "FP16"
     assert accelerator.parameters["trt_engine_cache_enable"] == "1"
-    assert "intra_op_threads" not in config.parameters
+    assert not {"intra_op_threads", "allow_spinning"} & set(config.parameters)
 
 
 def test_gpu_build_script_and_honest_note(gpu_repository: Path):

@@ -17,7 +17,7 @@ from navig.export.errors import CheckpointError, ExportError
 from navig.export.report import ArtifactReport
 from navig.export.vlm import check_adapter, export_merged_reasoner, parity_images
 from navig.model_repository import contract
-from navig.model_repository.vlm_engine import TransformersVlm
+from navig.model_repository.vlm_engine import TransformersVlm, length_groups
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 
 PROMPT = "Where was this photo taken? Describe the signs."
@@ -160,7 +160,8 @@ def test_concurrent_requests_are_batched_and_answer_as_alone(triton, model_repos
 
 
 def test_one_batch_mixes_images_budgets_and_schemas(model_repository):
-    """The engine alone: rows with and without image/schema, each budget, in ONE generate_batch."""
+    """The engine alone: rows with and without image/schema, each budget, in ONE generate_batch,
+    whether the rows run as one padded generate or in groups of similar length."""
     engine = TransformersVlm(model_repository / contract.VLM / "1" / "weights")
     schema = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]})
     big, tall = parity_images()
@@ -171,9 +172,23 @@ def test_one_batch_mixes_images_budgets_and_schemas(model_repository):
         ("Answer in JSON.", big, 64, schema),
         ("Where?", None, 7, schema),
     ]
-    batched = engine.generate_batch(*(list(column) for column in zip(*rows, strict=True)))
-    for (prompt, image, max_tokens, schema_text), row in zip(rows, batched, strict=True):
-        assert row == engine.generate(prompt, image, max_tokens, schema_text), prompt
+    singles = [engine.generate(*row) for row in rows]
+    for max_padding in (10**6, 0):
+        engine.max_padding = max_padding
+        batched = engine.generate_batch(*(list(column) for column in zip(*rows, strict=True)))
+        assert batched == singles, f"max_padding={max_padding}"
+
+
+def test_length_groups_bound_the_padding():
+    lengths = [60, 108, 60, 60, 72, 973, 1203]  # describer crops and two GUESSER prompts, as served
+    groups = length_groups(lengths, max_padding=512)
+    assert groups == [[0, 2, 3, 4, 1], [5, 6]]
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        longest = max(lengths[i] for i in group)
+        assert sum(longest - lengths[i] for i in group) <= 512
+    assert length_groups([413, 413], 0) == [[0, 1]]  # equal lengths never pad
+    assert length_groups([], 512) == []
 
 
 def _executions(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
