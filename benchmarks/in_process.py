@@ -3,29 +3,40 @@
 `LocalModels` stands where `TritonModels` stands (the two calls the pipeline makes: `infer` and
 `generate`), backed by the exported files of a model repository: ONNX Runtime sessions for the
 detector, CLIP and PP-OCR (with the same `OcrPipeline` the `ocr` model runs), transformers for the
-VLMs. Each model runs one call at a time, as one Triton instance does, so the pipeline's
-concurrency and batching are the same and only the serving (gRPC, Triton, python-backend IPC) is
-missing. Latency through this minus latency through Triton is the serving overhead.
+VLMs. Each model runs one call at a time, as one Triton instance does, and concurrent VLM calls
+share one `generate_batch` as Triton's dynamic batcher groups them, so the pipeline's concurrency
+and batching are the same and only the serving (gRPC, Triton, python-backend IPC) is missing.
+Latency through this minus latency through Triton is the serving overhead.
+
+Run by `benchmarks.versus_navig` in its own process (OpenMP threads passive, as in the VLM stubs):
+`python -m benchmarks.in_process --repository R --guidebook G --out in_process.json`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import statistics
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks import cpu_time
+from navig.export.cli import quiet_transformers
+from navig.export.samples import SAMPLES_DIR, load_samples
 from navig.model_repository import contract
 from navig.model_repository.ocr_pipeline import OcrPipeline, OcrSettings
-from navig.model_repository.vlm_engine import TransformersVlm
+from navig.model_repository.vlm_engine import Generation, TransformersVlm
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.metrics import Metrics
 from navig.orchestrator.pipeline import Pipeline, RunOptions
 from navig.orchestrator.searcher import Searcher, ToolSwitches
-from navig.orchestrator.settings import Settings
-from navig.orchestrator.tools.setup import Tools
+from navig.orchestrator.settings import Settings, load_settings
+from navig.orchestrator.tools.setup import Tools, load_tools
 
 ONNX_MODELS = (contract.DETECTOR, contract.CLIP_IMAGE, contract.OCR_DET, contract.OCR_REC)
 
@@ -34,6 +45,7 @@ class LocalModels:
     def __init__(self, repository: Path, threads: int = 0) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the cpu configs
         self.sessions = {
             name: ort.InferenceSession(str(repository / name / "1" / "model.onnx"), options)
             for name in ONNX_MODELS
@@ -41,9 +53,10 @@ class LocalModels:
         characters = (repository / contract.OCR / "1" / "characters.txt").read_text(encoding="utf-8")
         self.ocr = OcrPipeline(characters.splitlines(), OcrSettings())
         self.vlms = {
-            name: TransformersVlm(repository / name / "1" / "weights") for name in contract.VLM_MODELS
+            name: BatchingVlm(TransformersVlm(repository / name / "1" / "weights"))
+            for name in contract.VLM_MODELS
         }
-        self.locks = {name: asyncio.Lock() for name in (*ONNX_MODELS, contract.OCR, *contract.VLM_MODELS)}
+        self.locks = {name: asyncio.Lock() for name in (*ONNX_MODELS, contract.OCR)}
 
     def _run(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.sessions[model]
@@ -79,11 +92,38 @@ class LocalModels:
         max_tokens: int | None = None,
         json_schema: str | None = None,
     ) -> AsyncIterator[str]:
-        async with self.locks[model]:
-            answer = await asyncio.to_thread(
-                self.vlms[model].generate, prompt, image, max_tokens or 128, json_schema
-            )
+        answer = await self.vlms[model](prompt, image, max_tokens or 128, json_schema)
         yield answer.text
+
+
+class BatchingVlm:
+    """Triton's dynamic batcher in miniature: calls that arrive while the engine is busy, or within
+    `delay_s` of the first, share one `generate_batch` (at most `max_batch` rows; the served defaults)."""
+
+    def __init__(self, engine: TransformersVlm, delay_s: float = 0.005, max_batch: int = 8) -> None:
+        self.engine, self.delay_s, self.max_batch = engine, delay_s, max_batch
+        self.pending: list[tuple[tuple, asyncio.Future[Generation]]] = []
+        self.busy = asyncio.Lock()
+
+    async def __call__(
+        self, prompt: str, image: np.ndarray | None, max_tokens: int, json_schema: str | None
+    ) -> Generation:
+        done: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
+        self.pending.append(((prompt, image, max_tokens, json_schema), done))
+        async with self.busy:  # one batch at a time, as one Triton instance
+            while not done.done():
+                await asyncio.sleep(self.delay_s)
+                batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
+                columns = [list(column) for column in zip(*(row for row, _ in batch), strict=True)]
+                try:
+                    answers = await asyncio.to_thread(self.engine.generate_batch, *columns)
+                except Exception as exc:
+                    for _, waiter in batch:
+                        waiter.set_exception(exc)
+                    continue
+                for (_, waiter), answer in zip(batch, answers, strict=True):
+                    waiter.set_result(answer)
+        return await done
 
 
 def in_process_pipeline(settings: Settings, repository: Path, tools: Tools) -> Pipeline:
@@ -108,3 +148,54 @@ async def locate(pipeline: Pipeline, image: bytes, options: RunOptions) -> dict[
     for timing in outcome.timings:
         stages[timing.stage] = stages.get(timing.stage, 0.0) + timing.duration_ms
     return stages
+
+
+def latency_summary(latencies_ms: list[float], seconds: float) -> dict[str, float]:
+    return {
+        "requests": len(latencies_ms),
+        "throughput_rps": len(latencies_ms) / seconds,
+        "p50_ms": float(np.percentile(latencies_ms, 50)),
+        "p99_ms": float(np.percentile(latencies_ms, 99)),
+        "mean_ms": statistics.fmean(latencies_ms),
+    }
+
+
+def measure(settings: Settings, repository: Path, images: list[bytes], tokens: int) -> dict:
+    """One photo at a time after a warm-up: latency, throughput and CPU seconds per photo."""
+    pipeline = in_process_pipeline(settings, repository, load_tools(settings))
+    options = run_options(settings, tokens)
+
+    async def run() -> tuple[list[float], float, dict[str, float]]:
+        await locate(pipeline, images[0], options)  # warm-up
+        latencies, cpu_before, started = [], cpu_time.snapshot(None), time.perf_counter()
+        for image in images:
+            t = time.perf_counter()
+            await locate(pipeline, image, options)
+            latencies.append((time.perf_counter() - t) * 1e3)
+        seconds = time.perf_counter() - started
+        return latencies, seconds, cpu_time.spent(cpu_before, cpu_time.snapshot(None), len(images))
+
+    latencies, seconds, cpu = asyncio.run(run())
+    return {
+        "cpu_s_per_photo": cpu,
+        "cpu_utilisation": cpu_time.utilisation(cpu, len(images), seconds),
+        **latency_summary(latencies, seconds),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--guidebook", type=Path, required=True)
+    parser.add_argument("--images", type=int, default=6, help="the first sample photos")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    quiet_transformers()
+    images = [(SAMPLES_DIR / s.file).read_bytes() for s in load_samples(SAMPLES_DIR)][: args.images]
+    settings = load_settings(port=0, metrics_port=None, log_json=False, guidebook_dir=args.guidebook)
+    args.out.write_text(json.dumps(measure(settings, args.repository, images, args.max_new_tokens), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,7 @@ def figures(bench: Path, preset: str) -> dict[str, Any]:
     decode = json.loads((bench / "vlm_decode.json").read_text())
     base, limit = versus["baseline"], versus["in_process"]
     served = {s["concurrency"]: s for s in versus["served"]}
+    runs = cpu_runs(versus)
     out: dict[str, Any] = {
         "throughput_vs_baseline": {
             c: s["throughput_rps"] / base["throughput_rps"] for c, s in served.items()
@@ -38,6 +39,8 @@ def figures(bench: Path, preset: str) -> dict[str, Any]:
             for r in encoders["results"]
             if r["batch"] == 8 and r.get("served_speedup")
         },
+        "cpu_s_per_photo": {name: sum(run["cpu_s_per_photo"].values()) for name, run in runs.items()},
+        "cpu_utilisation": {name: run["cpu_utilisation"] for name, run in runs.items()},
         "merged_vs_unmerged_decode": decode["merged_vs_unmerged"],
         "batched_vs_sequential_decode": decode["batched_vs_sequential"],
     }
@@ -48,6 +51,23 @@ def figures(bench: Path, preset: str) -> dict[str, Any]:
         out["serving_overhead_c1"] = served[1]["p50_ms"] / limit["p50_ms"] - 1
     if out["served_b8_speedups"]:
         out["min_served_encoder_speedup_b8"] = min(out["served_b8_speedups"].values())
+    return out
+
+
+def cpu_runs(versus: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The runs that recorded CPU seconds per photo, by label: at saturation, throughput is cores / that."""
+    runs = {"baseline": versus["baseline"], "in-process": versus["in_process"]}
+    runs |= {f"served c={s['concurrency']}": s for s in versus["served"]}
+    return {name: run for name, run in runs.items() if "cpu_s_per_photo" in run}
+
+
+def stacked_cpu(runs: dict[str, dict[str, Any]], parts: int = 6) -> dict[str, list[float]]:
+    """Per busiest process, its CPU seconds per photo in each run; the rest is 'other'."""
+    per_run = [run["cpu_s_per_photo"] for run in runs.values()]
+    names = {name for cpu in per_run for name in cpu}
+    busiest = sorted(names, key=lambda name: -max(cpu.get(name, 0.0) for cpu in per_run))[:parts]
+    out = {name: [cpu.get(name, 0.0) for cpu in per_run] for name in busiest}
+    out["other"] = [sum(v for k, v in cpu.items() if k not in busiest) for cpu in per_run]
     return out
 
 
@@ -70,7 +90,7 @@ def plot(bench: Path, preset: str, path: Path) -> None:
     versus = json.loads((bench / "versus_navig.json").read_text())
     encoders = json.loads((bench / f"encoders-{preset}.json").read_text())["results"]
     decode = json.loads((bench / "vlm_decode.json").read_text())
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4.4))
 
     levels = [s["concurrency"] for s in versus["served"]]
     x = np.arange(len(levels))
@@ -106,6 +126,15 @@ def plot(bench: Path, preset: str, path: Path) -> None:
         color=["C0", "C1", "C1", "C3"],
     )
     axes[3].set(title="VLM decoding", ylabel="tokens/s")
+
+    runs = cpu_runs(versus)
+    bottom = np.zeros(len(runs))
+    for part, heights in stacked_cpu(runs).items():
+        axes[4].bar(list(runs), heights, bottom=bottom, label=part)
+        bottom += heights
+    axes[4].tick_params(axis="x", labelsize=8)
+    axes[4].set(title="CPU seconds per photo, by process", ylabel="CPU s")
+    axes[4].legend(fontsize=7)
     fig.suptitle(
         f"navig-serve vs a NAVIG-faithful baseline ({preset} preset, {versus['machine']['cpu']}, "
         f"{versus['machine']['cores']} cores)",

@@ -18,7 +18,10 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +30,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from benchmarks.in_process import in_process_pipeline, locate, run_options
+from benchmarks import cpu_time
+from benchmarks.in_process import latency_summary
 from navig import model_repository as model_repository_package
 from navig.client.images import read_rgb
 from navig.client.profile.load import Budget, GeolocatorTarget, Level, run_level
@@ -44,7 +48,6 @@ from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, Tri
 from navig.orchestrator.server import OrchestratorThread
 from navig.orchestrator.settings import Settings, load_settings
 from navig.orchestrator.tools.guidebook.build import ensure_default_guidebook
-from navig.orchestrator.tools.setup import load_tools
 
 
 def prepare(preset: str, root: Path, console: Console) -> tuple[Path, Path]:
@@ -71,16 +74,6 @@ def source_digest() -> str:
     return digest.hexdigest()
 
 
-def latency_summary(latencies_ms: list[float], seconds: float) -> dict[str, float]:
-    return {
-        "requests": len(latencies_ms),
-        "throughput_rps": len(latencies_ms) / seconds,
-        "p50_ms": float(np.percentile(latencies_ms, 50)),
-        "p99_ms": float(np.percentile(latencies_ms, 99)),
-        "mean_ms": statistics.fmean(latencies_ms),
-    }
-
-
 def served(
     settings: Settings,
     repository: Path,
@@ -104,6 +97,7 @@ def served(
                     for c in levels:
                         task = progress.add_task(f"served, concurrency {c}", total=max(len(images), 2 * c))
                         before = settled_snapshot(triton.grpc_url)
+                        cpu_before = cpu_time.snapshot(triton.pid)
                         started = time.perf_counter()
                         samples = await run_level(
                             target,
@@ -112,6 +106,7 @@ def served(
                             lambda _, t=task: progress.advance(t),
                         )
                         seconds = time.perf_counter() - started
+                        cpu = cpu_time.spent(cpu_before, cpu_time.snapshot(triton.pid), len(samples))
                         models = difference(before, settled_snapshot(triton.grpc_url))
                         summary = summarise(Level(concurrency=c), samples, seconds, models)
                         ok = [s.latency_ms for s in samples if s.status == "OK"]
@@ -121,6 +116,8 @@ def served(
                                 "errors": summary["errors"],
                                 "stages_ms": summary["stages_ms"],
                                 "triton_models": models,
+                                "cpu_s_per_photo": cpu,
+                                "cpu_utilisation": cpu_time.utilisation(cpu, len(samples), seconds),
                                 **latency_summary(ok, summary["duration_s"]),
                             }
                         )
@@ -129,21 +126,14 @@ def served(
             return asyncio.run(sweep())
 
 
-def in_process(settings: Settings, repository: Path, images: list[bytes], tokens: int) -> dict:
-    pipeline = in_process_pipeline(settings, repository, load_tools(settings))
-    options = run_options(settings, tokens)
-
-    async def run() -> tuple[list[float], float]:
-        await locate(pipeline, images[0], options)  # warm-up
-        latencies, started = [], time.perf_counter()
-        for image in images:
-            t = time.perf_counter()
-            await locate(pipeline, image, options)
-            latencies.append((time.perf_counter() - t) * 1e3)
-        return latencies, time.perf_counter() - started
-
-    latencies, seconds = asyncio.run(run())
-    return latency_summary(latencies, seconds)
+def in_process(repository: Path, guidebook: Path, images: int, tokens: int, root: Path) -> dict:
+    """`benchmarks.in_process` in its own process, with OpenMP's idle threads passive as in the VLM stubs."""
+    out = root / "in_process.json"
+    command = [sys.executable, "-m", "benchmarks.in_process", "--repository", str(repository)]
+    command += ["--guidebook", str(guidebook), "--images", str(images), "--max-new-tokens", str(tokens)]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    subprocess.run([*command, "--out", str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
 
 
 def baseline(checkpoints: Path, root: Path, photos: list[np.ndarray], tokens: int, console: Console) -> dict:
@@ -156,6 +146,7 @@ def baseline(checkpoints: Path, root: Path, photos: list[np.ndarray], tokens: in
     latencies, steps = [], []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("baseline, one photo at a time", total=len(photos))
+        cpu_before = cpu_time.snapshot(None)
         started = time.perf_counter()
         for photo in photos:
             t = time.perf_counter()
@@ -164,8 +155,15 @@ def baseline(checkpoints: Path, root: Path, photos: list[np.ndarray], tokens: in
             steps.append(result.timings_ms)
             progress.advance(task)
         seconds = time.perf_counter() - started
+        cpu = cpu_time.spent(cpu_before, cpu_time.snapshot(None), len(photos))
     step_means = {k: statistics.fmean(s.get(k, 0.0) for s in steps) for k in steps[0]} if steps else {}
-    return {"load_s": load_s, "steps_ms": step_means, **latency_summary(latencies, seconds)}
+    return {
+        "load_s": load_s,
+        "steps_ms": step_means,
+        "cpu_s_per_photo": cpu,
+        "cpu_utilisation": cpu_time.utilisation(cpu, len(photos), seconds),
+        **latency_summary(latencies, seconds),
+    }
 
 
 def main() -> None:
@@ -199,7 +197,7 @@ def main() -> None:
     }
     report["served"] = served(settings, repository, images, args.concurrency, args.max_new_tokens, console)
     with console.status("the same pipeline with in-process models..."):
-        report["in_process"] = in_process(settings, repository, images, args.max_new_tokens)
+        report["in_process"] = in_process(repository, guidebook, len(images), args.max_new_tokens, args.root)
     report["baseline"] = baseline(
         checkpoints, args.root, [read_rgb(f) for f in files], args.max_new_tokens, console
     )
