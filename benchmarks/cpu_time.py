@@ -13,17 +13,15 @@ from pathlib import Path
 
 import psutil
 
-HERE = "orchestrator + load generator"  # the benchmark process: Geolocator thread and gRPC client
-
 
 def _seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
 
 
-def snapshot(triton_pid: int | None) -> Counter[str]:
-    """Cumulative CPU seconds: this process, and Triton's server and model stubs by model name."""
-    out: Counter[str] = Counter({HERE: _seconds(psutil.Process())})
+def snapshot(triton_pid: int | None, here: str) -> Counter[str]:
+    """Cumulative CPU seconds: this process (as `here`), and Triton's server and model stubs by model name."""
+    out: Counter[str] = Counter({here: _seconds(psutil.Process())})
     if triton_pid is None:
         return out
     server = psutil.Process(triton_pid)

@@ -150,6 +150,9 @@ async def locate(pipeline: Pipeline, image: bytes, options: RunOptions) -> dict[
     return stages
 
 
+HERE = "in-process pipeline (one process)"
+
+
 def latency_summary(latencies_ms: list[float], seconds: float) -> dict[str, float]:
     return {
         "requests": len(latencies_ms),
@@ -167,13 +170,13 @@ def measure(settings: Settings, repository: Path, images: list[bytes], tokens: i
 
     async def run() -> tuple[list[float], float, dict[str, float]]:
         await locate(pipeline, images[0], options)  # warm-up
-        latencies, cpu_before, started = [], cpu_time.snapshot(None), time.perf_counter()
+        latencies, cpu_before, started = [], cpu_time.snapshot(None, HERE), time.perf_counter()
         for image in images:
             t = time.perf_counter()
             await locate(pipeline, image, options)
             latencies.append((time.perf_counter() - t) * 1e3)
         seconds = time.perf_counter() - started
-        return latencies, seconds, cpu_time.spent(cpu_before, cpu_time.snapshot(None), len(images))
+        return latencies, seconds, cpu_time.spent(cpu_before, cpu_time.snapshot(None, HERE), len(images))
 
     latencies, seconds, cpu = asyncio.run(run())
     return {

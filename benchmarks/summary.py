@@ -80,7 +80,7 @@ def verdicts(found: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def plot(bench: Path, preset: str, path: Path) -> None:
+def plot(bench: Path, preset: str, path: Path, checked: dict[str, dict[str, Any]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +90,8 @@ def plot(bench: Path, preset: str, path: Path) -> None:
     versus = json.loads((bench / "versus_navig.json").read_text())
     encoders = json.loads((bench / f"encoders-{preset}.json").read_text())["results"]
     decode = json.loads((bench / "vlm_decode.json").read_text())
-    fig, axes = plt.subplots(1, 5, figsize=(25, 4.4))
+    fig, grid = plt.subplots(2, 3, figsize=(18, 9))
+    axes = grid.ravel()
 
     levels = [s["concurrency"] for s in versus["served"]]
     x = np.arange(len(levels))
@@ -98,7 +99,7 @@ def plot(bench: Path, preset: str, path: Path) -> None:
     axes[0].bar(x + 0.2, [s["throughput_rps"] for s in versus["served"]], 0.4, label="navig-serve")
     axes[0].set_xticks(x, [f"c={c}" for c in levels])
     axes[0].set(title="end-to-end throughput", ylabel="photos/s")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="lower right")
 
     c1 = next(s for s in versus["served"] if s["concurrency"] == levels[0])
     names = ["baseline", "in-process\n(limit)", f"served\nc={levels[0]}"]
@@ -135,6 +136,15 @@ def plot(bench: Path, preset: str, path: Path) -> None:
     axes[4].tick_params(axis="x", labelsize=8)
     axes[4].set(title="CPU seconds per photo, by process", ylabel="CPU s")
     axes[4].legend(fontsize=7)
+
+    axes[5].axis("off")
+    axes[5].set_title("targets")
+    lines = [
+        f"{'met' if row['met'] else 'NOT met' if row['met'] is False else 'not measured'}: {row['what']}\n"
+        f"    wanted {row['target']}, measured {'-' if row['value'] is None else format(row['value'], '.3g')}"
+        for row in checked.values()
+    ]
+    axes[5].text(0, 1, "\n\n".join(lines), va="top", fontsize=9, family="monospace", wrap=True)
     fig.suptitle(
         f"navig-serve vs a NAVIG-faithful baseline ({preset} preset, {versus['machine']['cpu']}, "
         f"{versus['machine']['cores']} cores)",
@@ -153,7 +163,7 @@ def main() -> None:
     found = figures(args.bench, args.preset)
     checked = verdicts(found)
     (args.bench / "summary.json").write_text(json.dumps({"figures": found, "targets": checked}, indent=1))
-    plot(args.bench, args.preset, args.bench / "summary.png")
+    plot(args.bench, args.preset, args.bench / "summary.png", checked)
     table = Table("target", "wanted", "measured", "met", title="benchmark targets")
     for row in checked.values():
         value = "-" if row["value"] is None else f"{row['value']:.3g}"

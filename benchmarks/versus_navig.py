@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -86,6 +87,7 @@ def served(
     config = TritonConfig(repository, ports=TritonPorts.free())
     with console.status("starting Triton and the Geolocator..."), EmbeddedTriton(config) as triton:
         settings = settings.model_copy(update={"triton_url": triton.grpc_url})
+        cpu_now = functools.partial(cpu_time.snapshot, triton.pid, "orchestrator + load generator")
         with OrchestratorThread(settings) as server, Progress(console=console, transient=True) as progress:
 
             async def sweep() -> list[dict]:
@@ -97,7 +99,7 @@ def served(
                     for c in levels:
                         task = progress.add_task(f"served, concurrency {c}", total=max(len(images), 2 * c))
                         before = settled_snapshot(triton.grpc_url)
-                        cpu_before = cpu_time.snapshot(triton.pid)
+                        cpu_before = cpu_now()
                         started = time.perf_counter()
                         samples = await run_level(
                             target,
@@ -106,7 +108,7 @@ def served(
                             lambda _, t=task: progress.advance(t),
                         )
                         seconds = time.perf_counter() - started
-                        cpu = cpu_time.spent(cpu_before, cpu_time.snapshot(triton.pid), len(samples))
+                        cpu = cpu_time.spent(cpu_before, cpu_now(), len(samples))
                         models = difference(before, settled_snapshot(triton.grpc_url))
                         summary = summarise(Level(concurrency=c), samples, seconds, models)
                         ok = [s.latency_ms for s in samples if s.status == "OK"]
@@ -144,9 +146,10 @@ def baseline(checkpoints: Path, root: Path, photos: list[np.ndarray], tokens: in
         navig = NavigBaseline(checkpoints, root / "baseline-work", tokens)
         load_s = time.perf_counter() - started
     latencies, steps = [], []
+    cpu_now = functools.partial(cpu_time.snapshot, None, "baseline (one process)")
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("baseline, one photo at a time", total=len(photos))
-        cpu_before = cpu_time.snapshot(None)
+        cpu_before = cpu_now()
         started = time.perf_counter()
         for photo in photos:
             t = time.perf_counter()
@@ -155,7 +158,7 @@ def baseline(checkpoints: Path, root: Path, photos: list[np.ndarray], tokens: in
             steps.append(result.timings_ms)
             progress.advance(task)
         seconds = time.perf_counter() - started
-        cpu = cpu_time.spent(cpu_before, cpu_time.snapshot(None), len(photos))
+        cpu = cpu_time.spent(cpu_before, cpu_now(), len(photos))
     step_means = {k: statistics.fmean(s.get(k, 0.0) for s in steps) for k in steps[0]} if steps else {}
     return {
         "load_s": load_s,

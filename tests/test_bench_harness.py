@@ -50,13 +50,13 @@ def test_in_process_vlm_batches_concurrent_calls_with_single_call_answers(model_
 def test_cpu_seconds_are_attributed_to_triton_model_processes(triton: EmbeddedTriton):
     import tritonclient.grpc as grpcclient
 
-    before = cpu_time.snapshot(triton.pid)
+    before = cpu_time.snapshot(triton.pid, "test")
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     images = grpcclient.InferInput(contract.DETECTOR_IMAGES, [1, 240, 320, 3], "UINT8")
     images.set_data_from_numpy(np.zeros((1, 240, 320, 3), np.uint8))
     for _ in range(3):
         client.infer(contract.DETECTOR, [images])
-    spent = cpu_time.spent(before, cpu_time.snapshot(triton.pid), items=3)
+    spent = cpu_time.spent(before, cpu_time.snapshot(triton.pid, "test"), items=3)
     assert spent.get(contract.DETECTOR, 0) > 0, spent  # the detector's own stub process did the work
     assert contract.VLM not in spent and contract.REASONER not in spent, spent
     assert 0 < cpu_time.utilisation(spent, 3, 60.0) < 1
