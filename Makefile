@@ -39,7 +39,7 @@ clean:
 
 bench: repository
 	$(BIN)/python -m benchmarks.ocr_latency --model-repository $(REPOSITORY)
-	$(BIN)/python -m benchmarks.encoders --preset small
+	$(BIN)/python -m benchmarks.encoders --preset small --repeats 5
 	$(BIN)/python -m benchmarks.geolocator_load --model-repository $(REPOSITORY)
 	$(BIN)/python -m benchmarks.vlm_batching --model-repository $(REPOSITORY)
 	$(BIN)/python -m benchmarks.vlm_decode --checkpoints build/bench/checkpoints-small

@@ -1,11 +1,11 @@
 """Exported encoders served by Triton and on ONNX Runtime in-process vs the same modules in PyTorch
 eager, batch 1 and 8.
 
-Builds `--preset` demo checkpoints (default `small`: the real architectures' proportions at CPU
-scale) and exports the detector and CLIP once into build/bench/, then times each encoder three
-ways on the same inputs: the served model through the embedded Triton (gRPC on loopback, python
-backend), the exported graph on ONNX Runtime in-process, and PyTorch eager, with the same thread
-count. Medians of `--repeats` runs after a warm-up.
+Uses the `--preset` demo checkpoints (default `small`: the real architectures' proportions at CPU
+scale) and their model repository, built once into build/bench/ (`benchmarks.presets`), and times
+each encoder three ways on the same inputs: the served model through the embedded Triton (gRPC on
+loopback, python backend), the exported graph on ONNX Runtime in-process, and PyTorch eager, with
+the same thread count. Medians of `--repeats` runs after a warm-up.
 Run: `make bench`, or `python -m benchmarks.encoders --preset small`.
 """
 
@@ -25,10 +25,10 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from benchmarks.presets import prepare
 from navig.client.profile.machine import machine
-from navig.export.build import build
 from navig.export.cli import quiet_transformers
-from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
+from navig.export.demo_checkpoints import SPEC_FILE
 from navig.export.spec import load_spec
 from navig.model_repository import contract
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
@@ -44,20 +44,6 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         samples.append((time.perf_counter() - started) * 1e3)
     return statistics.median(samples)
-
-
-def prepare(preset: str, root: Path) -> tuple[Path, Path]:
-    checkpoints, repository = root / f"checkpoints-{preset}", root / f"repository-{preset}"
-    if not (checkpoints / SPEC_FILE).is_file():
-        build_demo_checkpoints(checkpoints, preset)
-    if not (repository / contract.CLIP_TEXT / "1" / "model.onnx").is_file():
-        spec = load_spec(checkpoints / SPEC_FILE)
-        spec = spec.model_copy(update={"output": repository, "ocr": None, "vlm": None})
-        from rich.progress import Progress
-
-        with Progress(transient=True) as progress:
-            build(spec, progress)
-    return checkpoints, repository
 
 
 def encoders(checkpoints: Path, repository: Path, threads: int) -> dict[str, tuple[Callable, Callable]]:
@@ -167,8 +153,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     quiet_transformers()
     console = Console()
-    with console.status(f"preparing {args.preset} checkpoints and exports..."):
-        checkpoints, repository = prepare(args.preset, args.root)
+    checkpoints, repository = prepare(args.preset, args.root, console)
+    with console.status("loading the encoders..."):
         pairs = encoders(checkpoints, repository, args.threads)
     results = []
     with torch.inference_mode():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import hashlib
 import json
 import os
 import statistics
@@ -33,46 +32,19 @@ from rich.table import Table
 
 from benchmarks import cpu_time
 from benchmarks.in_process import latency_summary
-from navig import model_repository as model_repository_package
+from benchmarks.presets import prepare
 from navig.client.images import read_rgb
 from navig.client.profile.load import Budget, GeolocatorTarget, Level, run_level
 from navig.client.profile.machine import machine
 from navig.client.profile.report import summarise
 from navig.client.profile.triton_stats import difference, settled_snapshot
-from navig.export.build import build
 from navig.export.cli import quiet_transformers
-from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
 from navig.export.samples import SAMPLES_DIR, load_samples
-from navig.export.spec import load_spec
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 from navig.orchestrator.server import OrchestratorThread
 from navig.orchestrator.settings import Settings, load_settings
 from navig.orchestrator.tools.guidebook.build import ensure_default_guidebook
-
-
-def prepare(preset: str, root: Path, console: Console) -> tuple[Path, Path]:
-    """The preset's checkpoints and their full model repository, built once under `root`."""
-    checkpoints, repository = root / f"checkpoints-{preset}", root / f"repository-{preset}-full"
-    if not (checkpoints / SPEC_FILE).is_file():
-        with console.status(f"building the {preset} checkpoints..."):
-            build_demo_checkpoints(checkpoints, preset)
-    stamp = repository / ".source-digest"
-    if not stamp.is_file() or stamp.read_text() != source_digest():
-        spec = load_spec(checkpoints / SPEC_FILE).model_copy(update={"output": repository})
-        with Progress(console=console, transient=True) as progress:
-            build(spec, progress)
-        stamp.write_text(source_digest())
-    return checkpoints, repository
-
-
-def source_digest() -> str:
-    """The model repository's source (configs and model code): an export made from other sources is stale."""
-    root = Path(model_repository_package.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted([*root.glob("*.py"), *root.glob("*/config.pbtxt"), *root.glob("*/1/model.py")]):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def served(
