@@ -15,30 +15,26 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks.navig_baseline.pipeline import STEPS, BaselineResult, NavigBaseline
+from navig.client.images import ImageReadError, expand_paths, read_rgb
 from navig.client.profile.machine import machine
 from navig.export.cli import quiet_transformers
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 COLUMNS = (*STEPS, "total")
 
 
 def image_files(folder: Path, limit: int) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        files = expand_paths([folder])
+    except ImageReadError as exc:
+        raise SystemExit(str(exc)) from None
     if not files:
         raise SystemExit(f"{folder}: no images")
     return files[:limit] if limit > 0 else files
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def timing_table(names: list[str], results: list[BaselineResult]) -> Table:
