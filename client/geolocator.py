@@ -2,7 +2,7 @@
 
 Both share one policy: a default deadline per call, retries with exponential backoff and jitter on
 UNAVAILABLE only (a rejected image, an overloaded server or a passed deadline would fail the same way
-again), never past the call's deadline; optional TLS and a bearer token on every call; 32 MiB
+again), never past the call's deadline; optional TLS (or mTLS) and a bearer token on every call; 32 MiB
 messages both ways. Failures are raised as `LocateError` so callers need not import grpc.
 """
 
@@ -109,8 +109,9 @@ class _Base:
 
     `timeout_s` is the default deadline per call (retries included; None: no deadline); `retries` is how
     many times UNAVAILABLE is retried, after `backoff_s` * 2^n (capped at `max_backoff_s`, jittered);
-    `tls` / `root_certificates` (PEM; implies TLS) secure the channel; `token` is sent as
-    `authorization: Bearer <token>` on every call.
+    `tls` / `root_certificates` (PEM; implies TLS) secure the channel; `cert_file` + `key_file` (PEM client
+    certificate chain and its key; imply TLS) answer a server that requires client certificates (mTLS);
+    `token` is sent as `authorization: Bearer <token>` on every call.
     """
 
     def __init__(
@@ -123,12 +124,24 @@ class _Base:
         token: str | None = None,
         backoff_s: float = 0.1,
         max_backoff_s: float = 2.0,
+        cert_file: Path | str | None = None,
+        key_file: Path | str | None = None,
     ) -> None:
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("cert_file and key_file go together (a PEM client certificate and its key)")
         self.address = address
         self.timeout_s = timeout_s
         self.policy = RetryPolicy(retries, backoff_s, max_backoff_s)
-        self.tls = tls or root_certificates is not None
-        self._credentials = grpc.ssl_channel_credentials(root_certificates) if self.tls else None
+        self.tls = tls or root_certificates is not None or cert_file is not None
+        self._credentials = (
+            grpc.ssl_channel_credentials(
+                root_certificates,
+                Path(key_file).read_bytes() if key_file is not None else None,
+                Path(cert_file).read_bytes() if cert_file is not None else None,
+            )
+            if self.tls
+            else None
+        )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channel = self._open_channel()
         self._stub = pb_grpc.GeolocatorStub(self._channel)

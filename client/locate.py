@@ -104,6 +104,10 @@ def locate(
     retries: Annotated[int, typer.Option(help="Retries on UNAVAILABLE (with backoff).", min=0)] = 3,
     tls: Annotated[bool, typer.Option("--tls", help="Use TLS (system roots unless --ca-file).")] = False,
     ca_file: Annotated[Path | None, typer.Option(help="PEM root certificates; implies --tls.")] = None,
+    cert_file: Annotated[
+        Path | None, typer.Option(help="PEM client certificate chain (mTLS, with --key-file); implies --tls.")
+    ] = None,
+    key_file: Annotated[Path | None, typer.Option(help="PEM private key of --cert-file.")] = None,
     token: Annotated[
         str | None, typer.Option(envvar="NAVIG_TOKEN", help="Bearer token sent as `authorization` metadata.")
     ] = None,
@@ -145,6 +149,11 @@ def locate(
     try:
         paths = expand_inputs(images)
         root_certificates = ca_file.read_bytes() if ca_file is not None else None
+        if (cert_file is None) != (key_file is None):
+            raise InputError("--cert-file and --key-file go together (mTLS)")
+        for pem in (cert_file, key_file):
+            if pem is not None and not pem.is_file():
+                raise InputError(f"{pem}: no such file")
     except (InputError, OSError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(Exit.USAGE) from None
@@ -160,9 +169,20 @@ def locate(
     )
     view = {"reasoning": not no_reasoning, "evidence": not no_evidence}
     worst = Exit.OK
-    client = GeolocatorClient(
-        address, timeout, retries=retries, tls=tls, root_certificates=root_certificates, token=token
-    )
+    try:
+        client = GeolocatorClient(
+            address,
+            timeout,
+            retries=retries,
+            tls=tls,
+            root_certificates=root_certificates,
+            token=token,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+    except OSError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(Exit.USAGE) from None
     try:
         with client:
             for path in paths:

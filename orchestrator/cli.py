@@ -19,6 +19,7 @@ from navig.orchestrator.embedded_triton import (
     TritonLaunchError,
     TritonPorts,
 )
+from navig.orchestrator.security import check_exposure
 from navig.orchestrator.settings import Settings, SettingsError, load_settings
 from navig.orchestrator.tools.gazetteer.cli import open_with_progress
 from navig.orchestrator.tools.gazetteer.index import GazetteerError
@@ -90,12 +91,35 @@ def serve_geolocator(
     host: Annotated[str | None, typer.Option(help="Address of the gRPC and metrics endpoints.")] = None,
     port: Annotated[int | None, typer.Option(help="gRPC port of the Geolocator service.")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port.")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain: serve TLS (with --tls-key).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="PEM CA: require client certificates it signed (mTLS).")
+    ] = None,
+    auth_tokens_file: Annotated[
+        Path | None, typer.Option(help="Bearer tokens, one a line; every call but health needs one.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback --host without TLS or tokens.")
+    ] = False,
 ) -> None:
     """Serve the Geolocator gRPC service (and the embedded Triton unless --triton-url) until Ctrl-C."""
     try:
         settings = load_settings(
-            config, host=host, port=port, metrics_port=metrics_port, triton_url=triton_url
+            config,
+            host=host,
+            port=port,
+            metrics_port=metrics_port,
+            triton_url=triton_url,
+            tls_cert_file=tls_cert,
+            tls_key_file=tls_key,
+            tls_client_ca_file=tls_client_ca,
+            auth_tokens_file=auth_tokens_file,
+            insecure=insecure or None,  # absent: the file's or NAVIG_INSECURE's value stands
         )
+        check_exposure(settings)
     except SettingsError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -24,6 +24,13 @@ from navig.orchestrator.health import TritonHealth
 from navig.orchestrator.metrics import Metrics
 from navig.orchestrator.pipeline import Pipeline
 from navig.orchestrator.searcher import Searcher
+from navig.orchestrator.security import (
+    BearerTokenInterceptor,
+    check_exposure,
+    load_tokens,
+    metrics_bind_host,
+    server_credentials,
+)
 from navig.orchestrator.service import GeolocatorService
 from navig.orchestrator.settings import Settings
 from navig.orchestrator.tools.setup import Tools, load_tools
@@ -45,6 +52,9 @@ class Orchestrator:
     async def start(self) -> int:
         """Binds and starts serving; returns the gRPC port. Health is NOT_SERVING until Triton is ready."""
         s = self.settings
+        check_exposure(s)  # before anything slow: an unsafe bind is a settings error
+        tokens = load_tokens(s)
+        credentials = server_credentials(s)
         self.tools = tools = self.tools or await asyncio.to_thread(load_tools, s)
         self.triton = TritonModels(s.triton_url, self.metrics, s.max_message_bytes)
         searcher = Searcher(s, self.triton, self.metrics, tools)
@@ -57,26 +67,35 @@ class Orchestrator:
                 ("grpc.max_send_message_length", s.max_message_bytes),
             ],
             maximum_concurrent_rpcs=None,  # admission control answers overload with a status instead
+            interceptors=[BearerTokenInterceptor(tokens, self.metrics.auth_failures)] if tokens else None,
         )
         pb_grpc.add_GeolocatorServicer_to_server(
             GeolocatorService(s, pipeline, admission, self.health, self.metrics), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
-        names = (
-            pb.DESCRIPTOR.services_by_name["Geolocator"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        )
-        reflection.enable_server_reflection(names, self._server)
-        self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        if s.reflection:  # behind the token check like every method but health
+            names = (
+                pb.DESCRIPTOR.services_by_name["Geolocator"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
+            reflection.enable_server_reflection(names, self._server)
+        address = f"{s.host}:{s.port}"
+        if credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, credentials)
         if self.port == 0:
-            raise OSError(f"cannot bind the gRPC port {s.host}:{s.port}")
+            hint = " (or the TLS certificate and key are not a valid PEM pair)" if credentials else ""
+            raise OSError(f"cannot bind the gRPC port {address}{hint}")
         await self.health.check()
         await self._server.start()
         self._watch = asyncio.create_task(self.health.watch())
         if s.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
-        log.info("serving", extra={"fields": {"grpc": f"{s.host}:{self.port}", "metrics": self.metrics_port}})
+            self.metrics_port = self.metrics.serve(metrics_bind_host(s), s.metrics_port)
+        fields = {"grpc": f"{s.host}:{self.port}", "metrics": self.metrics_port, "tokens": len(tokens)}
+        fields |= {"tls": credentials is not None, "mtls": s.tls_client_ca_file is not None}
+        log.info("serving", extra={"fields": fields})
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:

@@ -8,16 +8,33 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, YamlConfigSettingsSource
 
 _SETTINGS_FILE: ContextVar[Path | None] = ContextVar("navig_settings_file", default=None)
 
 
 class SettingsError(ValueError):
     """The settings file or environment is unusable; the message says which key and why."""
+
+
+def read_tokens(path: Path) -> list[str]:
+    """Bearer tokens from a file: one per line, blank lines and `#` lines ignored. ValueError names the
+    line of a token that could never arrive in an `authorization` header (never the token itself)."""
+    tokens = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        token = line.strip()
+        if token and not token.startswith("#"):
+            _check_token(token, f"{path} line {number}")
+            tokens.append(token)
+    return tokens
+
+
+def _check_token(token: str, where: str) -> None:
+    if not all(33 <= ord(c) <= 126 for c in token):
+        raise ValueError(f"the token at {where} has spaces or non-ASCII characters")
 
 
 class Settings(BaseSettings):
@@ -76,9 +93,64 @@ class Settings(BaseSettings):
     guidebook_k: int = Field(3, ge=1)
     guidebook_threshold: float = Field(0.25, ge=-1, le=1)
 
+    # --- security --------------------------------------------------------------------------
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain; with tls_key_file: TLS")
+    tls_key_file: Path | None = Field(None, validate_default=True, description="PEM key of tls_cert_file")
+    tls_client_ca_file: Path | None = Field(None, description="PEM CA; set: mTLS required")
+    auth_tokens_file: Path | None = Field(None, description="bearer tokens, one a line; # comments")
+    auth_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="bearer tokens; NAVIG_AUTH_TOKENS is comma separated"
+    )
+    reflection: bool = Field(True, description="gRPC reflection; behind the token check when tokens are set")
+    metrics_host: str | None = Field(None, description="None: host if loopback or insecure, else 127.0.0.1")
+    insecure: bool = Field(False, description="allow a non-loopback bind without TLS or tokens")
+
     # --- logs ------------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file")
+    @classmethod
+    def _file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} does not exist or is not a file")
+        return path
+
+    @field_validator("tls_key_file")
+    @classmethod
+    def _key_with_cert(cls, key: Path | None, info: ValidationInfo) -> Path | None:
+        if "tls_cert_file" in info.data and (info.data["tls_cert_file"] is None) != (key is None):
+            raise ValueError("tls_cert_file and tls_key_file go together (a PEM certificate and its key)")
+        return key
+
+    @field_validator("tls_client_ca_file")
+    @classmethod
+    def _client_ca_with_tls(cls, ca: Path | None, info: ValidationInfo) -> Path | None:
+        if ca is not None and info.data.get("tls_key_file", ca) is None:
+            raise ValueError("needs tls_cert_file and tls_key_file: client certificates are checked by TLS")
+        return ca
+
+    @field_validator("auth_tokens_file")
+    @classmethod
+    def _tokens_in_file(cls, path: Path | None) -> Path | None:
+        try:
+            if path is not None and not read_tokens(path):
+                raise ValueError(f"no tokens in {path} (one a line; blank lines and # comments are ignored)")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+        return path
+
+    @field_validator("auth_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        return [t.strip() for t in value.split(",") if t.strip()] if isinstance(value, str) else value
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _printable_tokens(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        for number, token in enumerate(tokens, 1):
+            _check_token(token.get_secret_value(), f"position {number}")
+        return tokens
 
     @classmethod
     def settings_customise_sources(
