@@ -29,11 +29,16 @@ def snapshot(triton_pid: int | None, here: str) -> Counter[str]:
     for child in server.children(recursive=True):
         try:
             command, seconds = child.cmdline(), _seconds(child)
+            out[model_of(command) or child.name()] += seconds
         except psutil.NoSuchProcess:
             continue
-        stub = len(command) > 1 and command[1].endswith("model.py")  # <repository>/<model>/<version>/model.py
-        out[Path(command[1]).parts[-3] if stub else child.name()] += seconds
     return out
+
+
+def model_of(command: list[str]) -> str | None:
+    """The model a Triton python-backend stub serves (argv[1]: <repository>/<model>/<version>/model.py)."""
+    stub = len(command) > 1 and command[1].endswith("model.py")
+    return Path(command[1]).parts[-3] if stub else None
 
 
 def spent(before: Counter[str], after: Counter[str], items: int) -> dict[str, float]:
