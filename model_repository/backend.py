@@ -27,6 +27,13 @@ def error_response(message: str, invalid_argument: bool = False) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 
+def cancelled_response() -> Any:
+    """For a request its caller gave up on: Triton's own CANCELLED status, no partial output."""
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
+    )
+
+
 def infer(model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
     """One BLS call to another model of this server; raises with the callee's message."""
     request = pb_utils.InferenceRequest(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
@@ -29,11 +29,19 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+# Asks whether the request a row belongs to was cancelled (the caller gave up, or its deadline passed).
+IsCancelled = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
 
 @dataclass(frozen=True)
 class Generation:
     token_ids: list[int]
     text: str
+    cancelled: bool = False  # stopped because its request was cancelled: the text is partial, nobody wants it
 
 
 class VlmInputs:
@@ -126,24 +134,33 @@ class TransformersVlm:
         images: list[np.ndarray | None],
         max_tokens: list[int],
         json_schemas: list[str | None],
+        cancelled: Sequence[IsCancelled] | None = None,
     ) -> list[Generation]:
         """Several requests batched: on CPU a decode step for 8 rows costs little more than for 1.
 
         Rows are grouped by prompt length (`length_groups`) so that a long GUESSER prompt does not
         make short describer rows pay for its padding; each group is one greedy `generate`. Each
         row stops at its own EOS or budget and gets its own JSON-schema constraint, or none. Row
-        results equal `generate` of that row alone.
+        results equal `generate` of that row alone. A row whose `cancelled()` turns true stops at
+        the next decode step (and is not started if it already is): its result says `cancelled`.
         """
+        cancelled = cancelled or [_never] * len(prompts)
         grammars = [self._compiled(s) if s is not None else None for s in json_schemas]
         rows = [self.inputs(prompt, image) for prompt, image in zip(prompts, images, strict=True)]
         results: dict[int, Generation] = {}
         lengths = [int(row["input_ids"].shape[1]) for row in rows]
         for group in length_groups(lengths, self.max_padding):
+            live = [i for i in group if not cancelled[i]()]
+            results.update({i: Generation([], "", cancelled=True) for i in group if i not in live})
+            if not live:
+                continue
             generations = self._generate_rows(
-                [rows[i] for i in group], [max_tokens[i] for i in group], [grammars[i] for i in group]
+                [rows[i] for i in live],
+                [max_tokens[i] for i in live],
+                [grammars[i] for i in live],
+                [cancelled[i] for i in live],
             )
-            for i, generation in zip(group, generations, strict=True):
-                results[i] = generation
+            results.update(zip(live, generations, strict=True))
         return [results[i] for i in range(len(rows))]
 
     def _generate_rows(
@@ -151,10 +168,12 @@ class TransformersVlm:
         rows: list[dict[str, torch.Tensor]],
         max_tokens: list[int],
         grammars: list[xgrammar.CompiledGrammar | None],
+        cancelled: Sequence[IsCancelled],
     ) -> list[Generation]:
         """One left-padded greedy `generate` over `rows`."""
         batch = self.inputs.collate(rows, self._pad_token_id)
         prompt_length = batch["input_ids"].shape[1]
+        cancellation = RowCancellation(cancelled)
         with torch.inference_mode():
             output = self.model.generate(
                 **batch,
@@ -162,12 +181,15 @@ class TransformersVlm:
                 do_sample=False,
                 pad_token_id=self._pad_token_id,
                 logits_processor=LogitsProcessorList([RowGrammars(grammars)]) if any(grammars) else None,
-                stopping_criteria=StoppingCriteriaList([RowBudgets(prompt_length, max_tokens)]),
+                stopping_criteria=StoppingCriteriaList([RowBudgets(prompt_length, max_tokens), cancellation]),
             )
         results = []
-        for token_ids, budget in zip(output[:, prompt_length:].tolist(), max_tokens, strict=True):
+        generated = output[:, prompt_length:].tolist()
+        for row, (token_ids, budget) in enumerate(zip(generated, max_tokens, strict=True)):
+            if row in cancellation.stopped:
+                budget = min(budget, cancellation.stopped[row] - prompt_length)
             token_ids = self._until_eos(token_ids[:budget])
-            results.append(Generation(token_ids, self.inputs.decode(token_ids)))
+            results.append(Generation(token_ids, self.inputs.decode(token_ids), row in cancellation.stopped))
         return results
 
     def check_schema(self, json_schema: str) -> None:
@@ -182,14 +204,24 @@ class TransformersVlm:
         return token_ids
 
     def stream(
-        self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
+        self,
+        prompt: str,
+        image: np.ndarray | None,
+        max_new_tokens: int,
+        json_schema: str | None = None,
+        cancelled: IsCancelled = _never,
     ) -> Iterator[Generation]:
-        """Yields each new token with the text it completes (multi-byte characters held back)."""
+        """Yields each new token with the text it completes (multi-byte characters held back).
+
+        When `cancelled()` turns true, generation stops at the next decode step and the last piece
+        says `cancelled`.
+        """
         inputs = self.inputs(prompt, image)
         streamer = _TokenQueue()
+        cancellation = RowCancellation([cancelled])
         worker = threading.Thread(
             target=self._generate_into,
-            args=(inputs, max_new_tokens, self._constraint(json_schema), streamer),
+            args=(inputs, max_new_tokens, self._constraint(json_schema), streamer, cancellation),
             name="vlm-generate",
             daemon=True,
         )
@@ -208,8 +240,9 @@ class TransformersVlm:
             yield Generation(pending, text[len(emitted) :])
             emitted, pending = text, []
         worker.join()
-        if pending:
-            yield Generation(pending, self.inputs.decode(token_ids)[len(emitted) :])
+        if pending or cancellation.stopped:
+            rest = self.inputs.decode(token_ids)[len(emitted) :]
+            yield Generation(pending, rest, cancelled=bool(cancellation.stopped))
 
     def _constraint(self, json_schema: str | None) -> LogitsProcessorList:
         """xgrammar's token mask for the schema; a processor holds per-generation state, so new each time."""
@@ -230,6 +263,7 @@ class TransformersVlm:
         max_new_tokens: int,
         constraint: LogitsProcessorList,
         streamer: _TokenQueue,
+        cancellation: RowCancellation,
     ) -> None:
         try:
             with torch.inference_mode():
@@ -238,6 +272,7 @@ class TransformersVlm:
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     logits_processor=constraint,
+                    stopping_criteria=StoppingCriteriaList([cancellation]),
                     streamer=streamer,
                 )
         except Exception as exc:
@@ -255,6 +290,29 @@ class RowBudgets(StoppingCriteria):
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object
     ) -> torch.BoolTensor:
         return (input_ids.shape[1] - self.prompt_length) >= self.budgets
+
+
+class RowCancellation(StoppingCriteria):
+    """Stops the rows whose request was cancelled, checked once per decode step.
+
+    The check is Triton's `request.is_cancelled()` (an IPC round trip to the server, well under
+    a decode step), so abandoned generations stop within one step instead of running to their
+    budget for nobody. Rows finished for other reasons keep being asked; the answer is ignored.
+    """
+
+    def __init__(self, cancelled: Sequence[IsCancelled]) -> None:
+        self.cancelled = cancelled
+        self.stopped: dict[int, int] = {}  # row -> sequence length when it stopped (padding follows)
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object
+    ) -> torch.BoolTensor:
+        for row, is_cancelled in enumerate(self.cancelled):
+            if row not in self.stopped and is_cancelled():
+                self.stopped[row] = input_ids.shape[1]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        done[list(self.stopped)] = True
+        return done
 
 
 class RowGrammars(LogitsProcessor):

@@ -12,6 +12,10 @@ and the model stays non-decoupled, so callers keep unary `infer`. An in-model ba
 decoupled model (stream API for every caller) plus threads and our own queue. Each request of a
 batch is one row of `engine.generate_batch`; a bad row gets its own INVALID_ARGUMENT and the others
 still run. Streaming (decoupled) models serve the requests of a batch one after another.
+
+Cancellation: when a caller cancels or its deadline passes, Triton marks the request cancelled;
+the engine asks `is_cancelled()` between decode steps, stops that row and it gets CANCELLED, so
+the cores go to answers somebody still waits for (`benchmarks/cancellation.py` measures it).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from navig.model_repository.vlm_engine import Generation
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = backend.model_config(args)
+        self.name = args["model_name"]
         params = backend.parameters(config)
         weights = backend.version_dir(args) / params.get("weights", "weights")
         self.default_max_tokens = int(params.get("max_tokens", "128"))
@@ -67,23 +72,32 @@ class TritonPythonModel:
             except ValueError as exc:  # bad input or a schema the grammar compiler rejects: this row only
                 responses[k] = backend.error_response(str(exc), invalid_argument=True)
         if rows:
-            for k, response in zip(
-                [k for k, _ in rows], self._generate([row for _, row in rows]), strict=True
-            ):
+            indices = [k for k, _ in rows]
+            cancelled = [requests[k].is_cancelled for k in indices]
+            for k, response in zip(indices, self._generate([row for _, row in rows], cancelled), strict=True):
                 responses[k] = response
         return responses
 
-    def _generate(self, rows: list[Row]) -> list[Any]:
+    def _generate(self, rows: list[Row], cancelled: list[Any]) -> list[Any]:
         try:
             generations = self.engine.generate_batch(
                 [r.prompt for r in rows],
                 [r.image for r in rows],
                 [r.max_tokens for r in rows],
                 [r.json_schema for r in rows],
+                cancelled,
             )
         except Exception as exc:
             return [backend.error_response(f"generation failed: {exc}")] * len(rows)
-        return [_response(g) for g in generations]
+        for g in generations:
+            if g.cancelled:
+                self._log_cancelled(g)
+        return [backend.cancelled_response() if g.cancelled else _response(g) for g in generations]
+
+    def _log_cancelled(self, generation: Generation) -> None:
+        pb_utils.Logger.log_info(
+            f"{self.name}: request cancelled, generation stopped after {len(generation.token_ids)} tokens"
+        )
 
     def _serve_stream(self, request: Any) -> None:
         """Decoupled: one request at a time, one response per new piece of text (not batched)."""
@@ -125,7 +139,12 @@ class TritonPythonModel:
 
     def _stream(self, request: Any, row: Row) -> None:
         sender = request.get_response_sender()
-        for piece in self.engine.stream(row.prompt, row.image, row.max_tokens, row.json_schema):
+        cancelled = sender.is_cancelled
+        for piece in self.engine.stream(row.prompt, row.image, row.max_tokens, row.json_schema, cancelled):
+            if piece.cancelled:
+                self._log_cancelled(piece)
+                sender.send(backend.cancelled_response(), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                return
             sender.send(_response(piece))
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 

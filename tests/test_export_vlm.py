@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 from safetensors.torch import load_file
+from tritonclient.utils import InferenceServerException
 
 from navig.export.errors import CheckpointError, ExportError
 from navig.export.report import ArtifactReport
@@ -179,6 +182,48 @@ def test_one_batch_mixes_images_budgets_and_schemas(model_repository):
         assert batched == singles, f"max_padding={max_padding}"
 
 
+def test_cancelled_rows_stop_and_the_others_answer_as_alone(model_repository):
+    """A row whose request is cancelled stops at the next decode step; its batch mates are unchanged."""
+    engine = TransformersVlm(model_repository / contract.VLM / "1" / "weights")
+    asked = []
+
+    def cancelled_after_three_steps() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    rows = [(PROMPT, None, 40, None), ("Which country is this?", None, 40, None)]
+    alone = engine.generate(*rows[1])
+    first, second = engine.generate_batch(
+        *(list(column) for column in zip(*rows, strict=True)), [cancelled_after_three_steps, lambda: False]
+    )
+    assert first.cancelled and len(first.token_ids) <= 4
+    assert not second.cancelled and (second.token_ids, second.text) == (alone.token_ids, alone.text)
+    (never_started,) = engine.generate_batch([PROMPT], [None], [40], [None], [lambda: True])
+    assert never_started.cancelled and never_started.token_ids == []
+
+
+CANCELLED_LOG = re.compile(r"vlm: request cancelled, generation stopped after (\d+) tokens")
+
+
+def _stopped_after(server: EmbeddedTriton, seen: int) -> int:
+    """Tokens the next cancelled generation had when the model stopped it (waits for its log line)."""
+    for _ in range(600):
+        if len(stops := CANCELLED_LOG.findall(server.log_tail(400))) > seen:
+            return int(stops[-1])
+        time.sleep(0.1)
+    raise AssertionError("the model never reported the cancelled generation")
+
+
+def test_a_passed_deadline_cancels_the_generation_in_the_model(triton):
+    """Without cancellation the model would generate all 4096 tokens for nobody."""
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    seen = len(CANCELLED_LOG.findall(triton.log_tail(400)))
+    with pytest.raises(InferenceServerException, match="Deadline"):
+        client.infer(contract.VLM, vlm_inputs(PROMPT, parity_images()[0], 4096), client_timeout=0.3)
+    assert _stopped_after(triton, seen) < 4096
+    assert served(client, contract.VLM, PROMPT, max_tokens=4)[0]  # and the model still serves
+
+
 def test_length_groups_bound_the_padding():
     lengths = [60, 108, 60, 60, 72, 973, 1203]  # describer crops and two GUESSER prompts, as served
     groups = length_groups(lengths, max_padding=512)
@@ -231,7 +276,14 @@ def test_streaming_model_sends_pieces_that_add_up(demo_checkpoints: Path, tmp_pa
         inputs = vlm_inputs(PROMPT, max_tokens=None)
         client.async_stream_infer(contract.VLM, inputs, enable_empty_final_response=True)
         client.stop_stream()
-    assert not errors
+        assert not errors
+        # a stream cancelled after its first piece stops generating (its budget would take seconds)
+        first_piece = threading.Event()
+        client.start_stream(callback=lambda result, error: first_piece.set())
+        client.async_stream_infer(contract.VLM, vlm_inputs(PROMPT, parity_images()[0], 4096))
+        assert first_piece.wait(timeout=120)
+        client.stop_stream(cancel_requests=True)
+        assert _stopped_after(server, 0) < 4096
     expected = TransformersVlm(tmp_path / "repo" / contract.VLM / "1" / "weights").generate(PROMPT, None, 128)
     assert len(pieces) > 1
     assert [t for ids, _ in pieces for t in ids] == expected.token_ids
