@@ -33,7 +33,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 IsCancelled = Callable[[], bool]
 
 
-def _never() -> bool:
+def never_cancelled() -> bool:
     return False
 
 
@@ -144,7 +144,7 @@ class TransformersVlm:
         results equal `generate` of that row alone. A row whose `cancelled()` turns true stops at
         the next decode step (and is not started if it already is): its result says `cancelled`.
         """
-        cancelled = cancelled or [_never] * len(prompts)
+        cancelled = cancelled or [never_cancelled] * len(prompts)
         grammars = [self._compiled(s) if s is not None else None for s in json_schemas]
         rows = [self.inputs(prompt, image) for prompt, image in zip(prompts, images, strict=True)]
         results: dict[int, Generation] = {}
@@ -209,7 +209,7 @@ class TransformersVlm:
         image: np.ndarray | None,
         max_new_tokens: int,
         json_schema: str | None = None,
-        cancelled: IsCancelled = _never,
+        cancelled: IsCancelled = never_cancelled,
     ) -> Iterator[Generation]:
         """Yields each new token with the text it completes (multi-byte characters held back).
 

@@ -9,14 +9,17 @@ change between profiles. Written against TensorRT-LLM's documented LLM API (`LLM
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import queue
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from navig.model_repository.vlm_engine import Generation
+from navig.model_repository.vlm_engine import Generation, IsCancelled, never_cancelled
+
+CANCEL_POLL_S = 0.05  # how often a waiting row asks whether its request was cancelled
 
 
 class GpuStackMissing(RuntimeError):
@@ -74,12 +77,16 @@ class TrtLlmVlm:
         images: list[np.ndarray | None],
         max_tokens: list[int],
         json_schemas: list[str | None],
+        cancelled: Sequence[IsCancelled] | None = None,
     ) -> list[Generation]:
-        """The rows of Triton's dynamic batch in one LLM-API call (in-flight batching does the rest)."""
-        requests = [self._prompt(p, i) for p, i in zip(prompts, images, strict=True)]
-        params = [self._params(m, s) for m, s in zip(max_tokens, json_schemas, strict=True)]
-        outputs = self.llm.generate(requests, sampling_params=params)
-        return [Generation(list(o.outputs[0].token_ids), o.outputs[0].text) for o in outputs]
+        """The rows of Triton's dynamic batch, each its own `generate_async` (in-flight batching runs
+        them together); a row whose request is cancelled is aborted in the executor."""
+        cancelled = cancelled or [never_cancelled] * len(prompts)
+        results = [
+            self.llm.generate_async(self._prompt(p, i), sampling_params=self._params(m, s))
+            for p, i, m, s in zip(prompts, images, max_tokens, json_schemas, strict=True)
+        ]
+        return [_wait(result, is_cancelled) for result, is_cancelled in zip(results, cancelled, strict=True)]
 
     @staticmethod
     def check_schema(json_schema: str) -> None:
@@ -90,22 +97,38 @@ class TrtLlmVlm:
             raise ValueError(f"json_schema is not a usable JSON schema: {exc}") from exc
 
     def stream(
-        self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
+        self,
+        prompt: str,
+        image: np.ndarray | None,
+        max_new_tokens: int,
+        json_schema: str | None = None,
+        cancelled: IsCancelled = never_cancelled,
     ) -> Iterator[Generation]:
-        """Synchronous view of `generate_async(streaming=True)` for the python backend's thread."""
-        import asyncio
-
+        """`generate_async(streaming=True)` iterated synchronously (the python backend's thread has no
+        event loop); each step yields the new tokens and text. Cancellation aborts the request."""
         params = self._params(max_new_tokens, json_schema)
-        loop = asyncio.new_event_loop()
-        stream = self.llm.generate_async(self._prompt(prompt, image), sampling_params=params, streaming=True)
-        seen_tokens, seen_text = 0, 0
+        result = self.llm.generate_async(self._prompt(prompt, image), sampling_params=params, streaming=True)
+        for step in result:
+            output = step.outputs[0]
+            if cancelled():
+                result.abort()
+                yield Generation(list(output.token_ids_diff), output.text_diff, cancelled=True)
+                return
+            yield Generation(list(output.token_ids_diff), output.text_diff)
+
+
+def _wait(result: Any, cancelled: IsCancelled) -> Generation:
+    """A non-streaming result, asking every CANCEL_POLL_S whether to abort it.
+
+    `GenerationResult.result(timeout)` raises `queue.Empty` when nothing arrived in time; after
+    `abort()` the executor still sends a final response (finish reason `cancelled`).
+    """
+    aborted = False
+    while True:
         try:
-            while True:
-                try:
-                    output = loop.run_until_complete(stream.__anext__()).outputs[0]
-                except StopAsyncIteration:
-                    return
-                yield Generation(list(output.token_ids[seen_tokens:]), output.text[seen_text:])
-                seen_tokens, seen_text = len(output.token_ids), len(output.text)
-        finally:
-            loop.close()
+            output = result.result(timeout=CANCEL_POLL_S).outputs[0]
+            return Generation(list(output.token_ids), output.text, cancelled=aborted)
+        except queue.Empty:
+            if not aborted and cancelled():
+                result.abort()
+                aborted = True
