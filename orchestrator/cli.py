@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 import time
@@ -13,18 +12,20 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from navig.orchestrator import logs
 from navig.orchestrator.embedded_triton import (
     EmbeddedTriton,
     TritonConfig,
     TritonLaunchError,
     TritonPorts,
 )
-from navig.orchestrator.security import check_exposure
+from navig.orchestrator.security import check_exposure, metrics_bind_host
 from navig.orchestrator.settings import Settings, SettingsError, load_settings
 from navig.orchestrator.tools.gazetteer.cli import open_with_progress
 from navig.orchestrator.tools.gazetteer.index import GazetteerError
 from navig.orchestrator.tools.guidebook.build import ensure_default_guidebook
 from navig.orchestrator.tools.guidebook.entries import GuidebookError
+from navig.orchestrator.triton_supervisor import RestartPolicy, TritonGaveUp, TritonSupervisor
 
 triton_app = typer.Typer(help="The embedded Triton Inference Server.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
@@ -133,7 +134,10 @@ def serve_geolocator(
             settings = settings.model_copy(update={"triton_url": triton.grpc_url})
             console.print(f"Triton ready: gRPC {triton.grpc_url}  metrics {triton.metrics_url}")
         settings = prepare_tools(settings, model_repository if triton_url is None else None, console)
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, triton))
+    except TritonGaveUp as exc:
+        console.print(f"[red]error:[/red] {exc}\nexiting with code 1: a supervisor restarts navig serve")
+        raise typer.Exit(1) from exc
     except (TritonLaunchError, OSError, GazetteerError, GuidebookError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -154,14 +158,16 @@ def prepare_tools(settings: Settings, model_repository: Path | None, console: Co
     return settings
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, triton: EmbeddedTriton | None) -> None:
+    """Serves until SIGINT/SIGTERM; raises TritonGaveUp when the embedded Triton cannot be kept up."""
     from navig.orchestrator.server import Orchestrator  # the CLI's other verbs need none of it
 
+    logs.configure(settings.log_level, settings.log_json)
     orchestrator = Orchestrator(settings)
     with console.status("loading tools..."):
         port = await orchestrator.start()
     metrics = (
-        f"  metrics http://{settings.host}:{orchestrator.metrics_port}/metrics"
+        f"  metrics http://{metrics_bind_host(settings)}:{orchestrator.metrics_port}/metrics"
         if orchestrator.metrics_port
         else ""
     )
@@ -170,7 +176,20 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    with contextlib.suppress(asyncio.CancelledError):
-        await stop.wait()
-    console.print(f"draining in-flight requests (up to {settings.shutdown_grace_s:.0f} s)...")
-    await orchestrator.stop()
+    watchers = {asyncio.create_task(stop.wait())}
+    if triton is not None:
+        policy = RestartPolicy(
+            settings.triton_max_restarts, settings.triton_restart_window_s, settings.triton_restart_backoff_s
+        )
+        watchers.add(asyncio.create_task(TritonSupervisor(triton, policy, orchestrator.metrics).run()))
+    try:
+        await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        results = await asyncio.gather(*watchers, return_exceptions=True)
+        console.print(f"draining in-flight requests (up to {settings.shutdown_grace_s:.0f} s)...")
+        await orchestrator.stop()
+    for result in results:
+        if isinstance(result, TritonGaveUp):
+            raise result

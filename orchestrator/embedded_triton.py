@@ -127,6 +127,8 @@ class EmbeddedTriton:
         self._log_tail: deque[str] = deque(maxlen=400)
         self._log_thread: threading.Thread | None = None
         self._log_handle: IO[str] | None = None
+        self._starts = 0
+        self._returncode: int | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -143,6 +145,11 @@ class EmbeddedTriton:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit code of the current process once it has exited, else of the last one stopped."""
+        return self._process.poll() if self._process else self._returncode
 
     def __enter__(self) -> EmbeddedTriton:
         self.start()
@@ -194,9 +201,10 @@ class EmbeddedTriton:
             start_new_session=True,  # own process group: stop() reaches the python stubs too
             preexec_fn=_die_with_parent,
         )
-        if config.log_file:
+        self._starts += 1
+        if config.log_file:  # a restart appends: the log of the crash is what someone will want to read
             config.log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._log_handle = config.log_file.open("w", encoding="utf-8")
+            self._log_handle = config.log_file.open("w" if self._starts == 1 else "a", encoding="utf-8")
         self._log_thread = threading.Thread(target=self._pump_log, name="triton-log", daemon=True)
         self._log_thread.start()
         try:
@@ -230,7 +238,7 @@ class EmbeddedTriton:
                 process.wait(timeout=timeout_s)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        self._returncode = process.wait()
         if self._log_thread:
             self._log_thread.join(timeout=5)
         if self._log_handle:

@@ -24,6 +24,7 @@ class Metrics:
         self.triton_latency = histogram("navig_triton_seconds", "Triton call latency", ["model"])
         self.triton_errors = counter("navig_triton_errors", "Failed Triton calls", ["model", "status"])
         self.tool_results = counter("navig_tool_results", "hit, miss or error", ["tool", "outcome"])
+        self.triton_restarts = counter("navig_triton_restarts", "Embedded Triton restarts after it exited")
         self.auth_failures = counter("navig_auth_failures", "Calls refused by the token check", ["reason"])
         self._http = None
 

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     default_timeout_s: float = Field(300.0, gt=0, description="deadline when the client sets none")
     shutdown_grace_s: float = Field(30.0, ge=0, description="time in-flight requests get to finish")
     health_poll_s: float = Field(1.0, gt=0, description="how often Triton model readiness is checked")
+    # the embedded Triton is restarted when it exits; more restarts than this in the window: exit 1
+    triton_max_restarts: int = Field(5, ge=0, description="restarts allowed within triton_restart_window_s")
+    triton_restart_window_s: float = Field(600.0, gt=0)
+    triton_restart_backoff_s: float = Field(1.0, ge=0, description="first restart's delay; doubles")
 
     # --- input limits ----------------------------------------------------------------------
     max_image_bytes: int = Field(20 * 2**20, ge=1)

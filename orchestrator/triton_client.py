@@ -29,6 +29,9 @@ class TritonModels:
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            # a restarted Triton is found within 2 s, not after gRPC's default backoff of up to 120 s
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         self._client = triton.InferenceServerClient(url, channel_args=options)
         self._configs: dict[str, tuple[bool, bool]] = {}
