@@ -72,6 +72,8 @@ class Watched:
         out: dict[str, int] = {}
         if self.orchestrator is not None:
             out |= _rss({self.orchestrator.pid: "orchestrator"}, [self.orchestrator])
+        if self.triton is not None and not self.triton.is_running() and self.orchestrator is not None:
+            self.triton = _started_triton(self.orchestrator) or self.triton  # restarted by its supervisor
         if self.triton is not None:
             try:
                 members = [self.triton, *self.triton.children(recursive=True)]
@@ -113,10 +115,15 @@ def find(address: str, orchestrator_pid: int | None, triton_pid: int | None) -> 
     )  # fmt: skip
     if triton_pid:
         return Watched(orchestrator, psutil.Process(triton_pid))
-    children = orchestrator.children(recursive=True) if orchestrator else []
-    started = [p for p in children if p.name() == "tritonserver"]
-    triton = started[0] if started else _only(lambda p: p.info["name"] == "tritonserver")
-    return Watched(orchestrator, triton)
+    triton = orchestrator and _started_triton(orchestrator)
+    return Watched(orchestrator, triton or _only(lambda p: p.info["name"] == "tritonserver"))
+
+
+def _started_triton(orchestrator: psutil.Process) -> psutil.Process | None:
+    try:
+        return next((p for p in orchestrator.children(recursive=True) if p.name() == "tritonserver"), None)
+    except psutil.NoSuchProcess:
+        return None
 
 
 def _listening(address: str) -> psutil.Process | None:
