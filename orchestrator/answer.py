@@ -1,7 +1,9 @@
 """Validates the VLM GUESSER's JSON: the grammar guarantees its shape, not that it makes sense.
 
-Invalid answers (unknown country, coordinates out of range, an unfinished JSON when the token
-budget ran out) raise `InvalidAnswer`; the pipeline then answers with the evidence guesser and
+Under the GUESSER's grammar (`prompts.GUESS_SCHEMA`) an answer always parses and names a known
+country; these checks still hold for engines without one. Invalid answers (unknown country,
+coordinates out of range, a JSON cut off when the token budget ran out: "truncated") raise
+`InvalidAnswer`; the pipeline then answers with the evidence guesser and
 flags `vlm_guesser` as degraded with the reason.
 """
 
@@ -32,7 +34,9 @@ def parse_answer(text: str) -> VlmAnswer:
     try:
         answer = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidAnswer(f"not complete JSON ({exc.msg} at {exc.pos}); raise max_new_tokens?") from None
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):  # valid, then cut
+            raise InvalidAnswer(f"truncated: the JSON stopped after {len(text)} characters") from None
+        raise InvalidAnswer(f"not JSON ({exc})") from None
     if not isinstance(answer, dict):
         raise InvalidAnswer("not a JSON object")
     latitude, longitude = _number(answer, "latitude", 90), _number(answer, "longitude", 180)

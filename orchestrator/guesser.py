@@ -43,7 +43,6 @@ async def decide(
     reasoning: str,
     findings: Findings,
     use_vlm: bool,
-    max_new_tokens: int,
     deadline: Deadline,
 ) -> Verdict:
     fallback = evidence_guesser.guess(findings.places, findings.country_prior, findings.guide_hits)
@@ -52,8 +51,9 @@ async def decide(
         return verdict
     prompt = prompts.guesser_prompt(reasoning, evidence_lines(findings))
     try:
+        # the grammar bounds the answer's length: with this budget the JSON always completes
         pieces = triton.generate(
-            contract.VLM, prompt, deadline, image, max_new_tokens, prompts.GUESS_SCHEMA_JSON
+            contract.VLM, prompt, deadline, image, prompts.GUESS_MAX_TOKENS, prompts.GUESS_SCHEMA_JSON
         )
         verdict.guesser_output = "".join([piece async for piece in pieces])
         answer = parse_answer(verdict.guesser_output)

@@ -76,9 +76,8 @@ class Pipeline:
                 )
                 with timeline.stage("guesser"):
                     verdict = await guesser.decide(
-                        self.triton, vlm_view, reasoning, findings, options.use_vlm_guesser,
-                        options.max_new_tokens, deadline,
-                    )  # fmt: skip
+                        self.triton, vlm_view, reasoning, findings, options.use_vlm_guesser, deadline
+                    )
         except TimeoutError:
             raise DeadlineExceeded("deadline exceeded") from None
         return Outcome(

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-PROMPTS_VERSION = "2026-11-24.1"
+import pycountry
+
+PROMPTS_VERSION = "2026-12-01.1"  # the GUESSER schema: country names, bounded city and coordinates
 
 REASONER = (
     "You are an expert GeoGuessr player. Analyse this photo to work out where it was taken. "
@@ -34,19 +36,40 @@ Evidence found by tools:
 
 Answer with the country, the city and the coordinates in JSON."""
 
-# The GUESSER's answer shape, enforced token by token by the grammar; `answer.py` validates values.
+# The GUESSER's answer shape, enforced token by token by the grammar, so that every answer parses
+# and names a known country: the country is one of ISO 3166's names, the city a JSON string without
+# escapes or control characters (xgrammar's `maxLength` strings let raw control characters through,
+# which strict JSON rejects), the coordinates numbers in range with at most 6 decimals. The
+# answer's length is therefore bounded: GUESS_MAX_TOKENS is enough for the longest one.
+COUNTRY_NAMES = sorted({n for c in pycountry.countries for n in (c.name, getattr(c, "common_name", c.name))})
+CITY_MAX_CHARS = 48
 GUESS_SCHEMA = {
     "type": "object",
     "properties": {
-        "country": {"type": "string", "maxLength": 48},
-        "city": {"type": "string", "maxLength": 48},
-        "latitude": {"type": "number"},
-        "longitude": {"type": "number"},
+        "country": {"enum": COUNTRY_NAMES},
+        "city": {"type": "string", "pattern": f'^[^"\\\\\\x00-\\x1f]{{0,{CITY_MAX_CHARS}}}$'},
+        "latitude": {"type": "number", "minimum": -90, "maximum": 90},
+        "longitude": {"type": "number", "minimum": -180, "maximum": 180},
     },
     "required": ["country", "city", "latitude", "longitude"],
     "additionalProperties": False,
 }
 GUESS_SCHEMA_JSON = json.dumps(GUESS_SCHEMA, separators=(",", ":"))
+
+
+def longest_guess() -> str:
+    """The longest text the grammar allows, as the engines format it (", " and ": " separators)."""
+    longest = {
+        "country": max(COUNTRY_NAMES, key=lambda name: len(name.encode())),
+        "city": "\U0010ffff" * CITY_MAX_CHARS,  # 4 UTF-8 bytes per character: the most a character costs
+        "latitude": -89.999999,
+        "longitude": -179.999999,
+    }
+    return json.dumps(longest, ensure_ascii=False)
+
+
+# Byte-level BPE: a token is at least one byte. +1 for the end-of-sequence token.
+GUESS_MAX_TOKENS = len(longest_guess().encode()) + 1
 
 
 def guesser_prompt(reasoning: str, evidence: Sequence[str]) -> str:

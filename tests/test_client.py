@@ -12,7 +12,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -152,14 +151,12 @@ def test_other_errors_are_not_retried(server: FakeServer, code: Code):
 
 def test_a_deadline_shorter_than_the_backoff_stops_retrying(server: FakeServer):
     server.fake.failures = [Code.UNAVAILABLE] * 5
-    started = time.monotonic()
     with (
         GeolocatorClient(server.address, timeout_s=0.05, retries=5) as client,
         pytest.raises(LocateError) as info,
     ):
         client.locate(b"jpeg")  # the first backoff (>= 50 ms) would end after the deadline
     assert server.fake.calls == 1 and info.value.code == Code.UNAVAILABLE
-    assert time.monotonic() - started < 0.5
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap():

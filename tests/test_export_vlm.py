@@ -7,6 +7,7 @@ import re
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +312,26 @@ def test_merge_above_tolerance_fails_and_writes_nothing(tmp_path: Path, demo_che
             demo_checkpoints / "qwen2_vl", demo_checkpoints / "reasoner_lora", tmp_path, 0.0
         )
     assert not (tmp_path / contract.REASONER / "1" / "weights").exists()
+
+
+def test_guesser_grammar_always_gives_an_answer_that_parses(triton):
+    """Random weights under the GUESSER's schema, 56 generations with the GUESSER's own budget: every
+    output is complete JSON in the schema and passes validation (no 'truncated', no control characters)."""
+    from navig.orchestrator import prompts
+    from navig.orchestrator.answer import parse_answer
+
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    images = parity_images()
+    jobs = [(f"Where is photo {n}? Answer in JSON.", images[n % 2] if n % 3 else None) for n in range(56)]
+    budget, schema = prompts.GUESS_MAX_TOKENS, prompts.GUESS_SCHEMA_JSON
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(lambda job: served(client, contract.VLM, *job, budget, schema), jobs))
+    countries = set()
+    for token_ids, text in outputs:
+        assert len(token_ids) <= prompts.GUESS_MAX_TOKENS
+        answer = json.loads(text)  # strict JSON: raw control characters would fail here
+        assert list(answer) == ["country", "city", "latitude", "longitude"]
+        assert answer["country"] in prompts.COUNTRY_NAMES and len(answer["city"]) <= prompts.CITY_MAX_CHARS
+        assert not any(ord(c) < 0x20 for c in answer["city"])
+        countries.add(parse_answer(text).country_code)
+    assert len(countries) > 1  # the answers do vary: the grammar is not forcing one output

@@ -73,7 +73,10 @@ def test_valid_answers_are_normalised():
             "longitude is not a finite number",
         ),
         ('{"country":"DE","city":"x","latitude":true,"longitude":2}', "latitude is not a finite number"),
-        ('{"country": "Germ', "not complete JSON"),
+        ('{"country": "Germ', "truncated: the JSON stopped after 17 characters"),
+        ('{"country": "Germany", "city": "K\tln"}', "not JSON .Invalid control character"),
+        ('{"country": "Germany", "city": "Köln", "lat', "truncated"),
+        ('{"country": "Germany", "city": "Köln", "latitude": 50.9', "truncated"),
         ("[1, 2]", "not a JSON object"),
     ],
 )
