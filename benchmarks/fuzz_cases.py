@@ -177,6 +177,20 @@ def tiny(rng: random.Random) -> bytes:
     return valid_image(rng, *((small, other) if rng.random() < 0.5 else (other, small)))
 
 
+def thin(rng: random.Random) -> bytes:
+    """Long, thin photos (aspect 20..200): the VLMs' downscaled view must keep a short side of 28 px."""
+    short = rng.randint(MIN_SIDE, 40)
+    long = short * rng.randint(20, 200)
+    return encode(picture(rng, *((short, long) if rng.random() < 0.5 else (long, short))), "PNG")
+
+
+def too_thin(rng: random.Random) -> bytes:
+    """Aspect ratio above 200, which Qwen2-VL's image processor refuses."""
+    short = rng.randint(MIN_SIDE, 32)
+    long = short * 200 + rng.randint(1, 400)
+    return encode(picture(rng, *((short, long) if rng.random() < 0.5 else (long, short))), "PNG")
+
+
 def other_format(rng: random.Random) -> bytes:
     fmt = rng.choice(["GIF", "BMP", "TIFF", "ICO", "PPM", "TGA"])
     image = picture(rng, rng.randint(MIN_SIDE, 96), rng.randint(MIN_SIDE, 96))
@@ -255,6 +269,8 @@ KINDS: dict[str, Kind] = {
         Kind("png_bomb", 5, frozenset({INVALID}), png_bomb),
         Kind("huge_dims", 5, frozenset({INVALID}), huge_dims),
         Kind("tiny", 10, frozenset({INVALID}), tiny),
+        Kind("too_thin", 2, frozenset({INVALID}), too_thin),
+        Kind("thin", 0.8, frozenset({OK}), thin),
         Kind("other_format", 12, frozenset({INVALID}), other_format),
         Kind("bilevel", 3, frozenset({INVALID}), bilevel),
         Kind("oversize", 1, frozenset({INVALID}), oversize),

@@ -123,6 +123,8 @@ class TritonPythonModel:
             image = image[0]
             if min(image.shape[:2]) < 28:
                 raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} is smaller than 28 px")
+            if max(image.shape[:2]) > 200 * min(image.shape[:2]):  # Qwen2-VL's processor limit
+                raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} has an aspect ratio above 200")
         budget_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_MAX_TOKENS)
         max_tokens = (
             int(budget_tensor.as_numpy().reshape(-1)[0]) if budget_tensor else self.default_max_tokens

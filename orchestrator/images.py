@@ -30,6 +30,7 @@ FORMATS = ("JPEG", "PNG", "WEBP")
 # Modes with a faithful RGB conversion; float, 32-bit and 1-bit images are not photos we serve.
 MODES = ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr")
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B")  # 16-bit grayscale PNG: served as 8-bit grayscale
+MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses longer, thinner images
 DETAIL_CHARS = 200  # of Pillow's own message, quoted in the rejection
 
 
@@ -73,6 +74,10 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, min_side: int) ->
             raise ImageRejected(f"image is {width}x{height} = {pixels:,} pixels; limit {max_pixels:,}")
         if min(width, height) < min_side:
             raise ImageRejected(f"image is {width}x{height}; both sides must be at least {min_side} px")
+        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            raise ImageRejected(
+                f"image is {width}x{height}; the aspect ratio may be at most {MAX_ASPECT_RATIO}"
+            )
         if image.mode not in MODES + SIXTEEN_BIT:
             raise ImageRejected(f"unsupported image mode {image.mode!r}; use 8-bit RGB, grayscale or palette")
         with _parsing(f"{name} image is corrupt or truncated"):
@@ -89,10 +94,14 @@ def _rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
-    """The photo as the VLMs see it: their cost grows with pixels, their reading of a scene does not."""
+def downscale(image: np.ndarray, max_side: int, min_side: int) -> np.ndarray:
+    """The photo as the VLMs see it: their cost grows with pixels, their reading of a scene does not.
+
+    The short side never drops below `min_side` (the VLM's smallest patch grid): a long, thin photo
+    keeps a long side above `max_side` rather than becoming too thin to serve.
+    """
     height, width = image.shape[:2]
-    scale = max_side / max(height, width)
+    scale = max(max_side / max(height, width), min_side / min(height, width))
     if scale >= 1:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -68,7 +68,7 @@ class Pipeline:
                 )
             except ImageRejected as exc:
                 raise InvalidInput(str(exc)) from None
-        vlm_view = downscale(image, s.vlm_image_max_side)
+        vlm_view = downscale(image, s.vlm_image_max_side, s.min_image_side)
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
                 reasoning, findings = await self._reason_and_search(

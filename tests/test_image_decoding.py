@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from navig.orchestrator.images import ImageRejected, decode_image
+from navig.orchestrator.images import MAX_ASPECT_RATIO, ImageRejected, decode_image, downscale
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `benchmarks` is not installed; `python -m pytest` from the root finds it
@@ -238,3 +238,18 @@ def test_memory_error_is_not_turned_into_a_rejection(photo: Image.Image, monkeyp
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_memory)
     with pytest.raises(MemoryError):
         decode_image(encode(photo, "PNG"), MAX_BYTES, MAX_PIXELS, MIN_SIDE)
+
+
+@pytest.mark.parametrize("size", [(28, 1400), (5600, 28), (640, 31)])
+def test_the_vlm_view_of_a_thin_photo_keeps_a_servable_short_side(size: tuple[int, int]):
+    """Found by the fuzz runner: a 28x1400 photo downscaled to 640 px became 13 px thin, which the
+    REASONER refused (INTERNAL). The view keeps a short side of at least 28 px."""
+    pixels = decode_image(encode(picture(random.Random(0), *size), "PNG"), MAX_BYTES, MAX_PIXELS, MIN_SIDE)
+    view = downscale(pixels, 640, MIN_SIDE)
+    assert min(view.shape[:2]) >= MIN_SIDE and view.shape[2] == 3
+
+
+def test_aspect_ratios_beyond_the_vlms_limit_are_rejected():
+    too_thin = encode(picture(random.Random(0), 28, 28 * MAX_ASPECT_RATIO + 1), "PNG")
+    with pytest.raises(ImageRejected, match="aspect ratio may be at most 200"):
+        decode_image(too_thin, MAX_BYTES, MAX_PIXELS, MIN_SIDE)
