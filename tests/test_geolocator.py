@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -161,6 +163,42 @@ def test_one_millisecond_deadline_is_exceeded_and_the_server_stays_healthy(
         _wait_for(lambda: not geolocator.pipeline_tasks(), timeout_s=5)  # nothing left running for them
         assert health_status(geolocator.address) == health_pb2.HealthCheckResponse.SERVING
         assert_well_formed(client.locate_proto(sample_bytes(samples[0]), FAST))
+
+
+def test_the_orchestrators_deadline_and_cancellation_stop_generations_inside_triton(triton):
+    """The orchestrator's door to Triton (`TritonModels`), as the pipeline uses it: a REASONER call whose
+    deadline passes, and a `vlm` call whose task is cancelled (the client hung up), each stop generating
+    inside the model (it logs the cancelled generation) instead of running 4096 tokens for nobody."""
+    from navig.export.vlm import parity_images
+    from navig.orchestrator.deadline import Deadline
+    from navig.orchestrator.errors import DeadlineExceeded
+    from navig.orchestrator.metrics import Metrics
+    from navig.orchestrator.triton_client import TritonModels
+
+    image, prompt = parity_images()[0], "Describe this photo in detail."  # no early EOS with these weights
+    cancelled = re.compile(r"(\w+): request cancelled, generation stopped after (\d+) tokens")
+    seen = len(cancelled.findall(triton.log_tail(400)))
+
+    async def run() -> None:
+        models = TritonModels(triton.grpc_url, Metrics(), 2**25)
+
+        async def answer(model: str, deadline_s: float) -> str:
+            pieces = models.generate(model, prompt, Deadline.after(deadline_s), image, 4096)
+            return "".join([piece async for piece in pieces])
+
+        with pytest.raises(DeadlineExceeded):
+            await answer("reasoner", 1.0)
+        hung_up = asyncio.create_task(answer("vlm", 60.0))
+        await asyncio.sleep(1.0)
+        hung_up.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hung_up
+        await models.close()
+
+    asyncio.run(run())
+    _wait_for(lambda: len(cancelled.findall(triton.log_tail(400))) >= seen + 2, timeout_s=60)
+    stops = dict(cancelled.findall(triton.log_tail(400))[seen:])
+    assert set(stops) == {"reasoner", "vlm"} and all(int(n) < 4096 for n in stops.values())
 
 
 def _png_header_only(width: int, height: int) -> bytes:
