@@ -27,24 +27,21 @@ from navig.client.profile.machine import machine
 from navig.export.vlm import parity_images
 from navig.model_repository import contract
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
+from navig.orchestrator.triton_client import infer_inputs
 
 IDLE_CPU_S = 0.05  # CPU seconds per idle window below which the VLM process counts as idle
 IDLE_WINDOW_S = 1.0
 
 
 def _inputs(n: int, max_tokens: int) -> list[grpcclient.InferInput]:
-    values = {
-        contract.VLM_PROMPT: np.array([[f"Describe photo {n} in detail.".encode()]], dtype=np.object_),
-        contract.VLM_IMAGE: parity_images()[n % 2][None],
-        contract.VLM_MAX_TOKENS: np.array([[max_tokens]], np.int32),
-        contract.VLM_JSON_SCHEMA: np.array([[b""]], dtype=np.object_),
-    }
-    inputs = []
-    for name, value in values.items():
-        dtype = "BYTES" if value.dtype == np.object_ else "UINT8" if value.dtype == np.uint8 else "INT32"
-        inputs.append(grpcclient.InferInput(name, list(value.shape), dtype))
-        inputs[-1].set_data_from_numpy(value)
-    return inputs
+    return infer_inputs(
+        {
+            contract.VLM_PROMPT: np.array([[f"Describe photo {n} in detail.".encode()]], dtype=np.object_),
+            contract.VLM_IMAGE: parity_images()[n % 2][None],
+            contract.VLM_MAX_TOKENS: np.array([[max_tokens]], np.int32),
+            contract.VLM_JSON_SCHEMA: np.array([[b""]], dtype=np.object_),
+        }
+    )
 
 
 def _call(url: str, n: int, max_tokens: int, deadline_s: float | None) -> str:

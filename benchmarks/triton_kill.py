@@ -1,7 +1,7 @@
 """Kill the embedded Triton under load: what the calls get, and how long until SERVING again.
 
 Against a running `navig serve` that started its own Triton (no `--triton-url`): Locate calls in a
-closed loop at `--concurrency`, and every `--period` seconds (after `--warmup`) a SIGKILL of its
+closed loop at `--concurrency` (a caller told UNAVAILABLE waits `--retry-after` s, as a client backs off), and every `--period` seconds (after `--warmup`) a SIGKILL of its
 tritonserver, `--kills` times. Each call is put in a phase by when it started and ended: `in flight`
 (running at a kill), `down` (started while health was not SERVING) or `up`. Reported per phase:
 status counts, and per kill: seconds until health said NOT_SERVING and until SERVING again. Exit 1
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each call, seconds")
     parser.add_argument("--cap", type=float, default=300.0, help="give up waiting for SERVING after this")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--retry-after", type=float, default=0.5, help="a caller's pause after UNAVAILABLE")
     parser.add_argument("--out", type=Path, default=Path("build/bench/triton_kill.json"))
     args = parser.parse_args()
     console = Console()

@@ -63,7 +63,8 @@ class TritonModels:
         """One unary inference; returns every output by name."""
         started = time.perf_counter()
         try:
-            result = await self._client.infer(model, _tensors(inputs), client_timeout=deadline.remaining())
+            tensors = infer_inputs(inputs)
+            result = await self._client.infer(model, tensors, client_timeout=deadline.remaining())
         except InferenceServerException as exc:
             raise self._failure(model, exc) from None
         finally:
@@ -103,7 +104,7 @@ class TritonModels:
         self, model: str, inputs: Mapping[str, np.ndarray], deadline: Deadline
     ) -> AsyncIterator[str]:
         async def one_request() -> AsyncIterator[dict]:
-            yield {"model_name": model, "inputs": _tensors(inputs)}  # then half-close: Triton ends the stream
+            yield {"model_name": model, "inputs": infer_inputs(inputs)}  # then half-close: Triton ends it
 
         started = time.perf_counter()
         responses = self._client.stream_infer(one_request(), stream_timeout=deadline.remaining())
@@ -146,7 +147,8 @@ class TritonModels:
         return PipelineError(f"Triton model '{model}' failed: {exc.message()}")
 
 
-def _tensors(inputs: Mapping[str, np.ndarray]) -> list[InferInput]:
+def infer_inputs(inputs: Mapping[str, np.ndarray]) -> list[InferInput]:
+    """Triton's input tensors from numpy arrays by name (strings as object arrays of bytes)."""
     tensors = []
     for name, array in inputs.items():
         tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
