@@ -1,11 +1,12 @@
 """Kill the embedded Triton under load: what the calls get, and how long until SERVING again.
 
 Against a running `navig serve` that started its own Triton (no `--triton-url`): Locate calls in a
-closed loop at `--concurrency` (a caller told UNAVAILABLE waits `--retry-after` s, as a client backs off), and every `--period` seconds (after `--warmup`) a SIGKILL of its
-tritonserver, `--kills` times. Each call is put in a phase by when it started and ended: `in flight`
-(running at a kill), `down` (started while health was not SERVING) or `up`. Reported per phase:
-status counts, and per kill: seconds until health said NOT_SERVING and until SERVING again. Exit 1
-on any INTERNAL/UNKNOWN, a call that outlived its deadline, or a Triton that did not come back.
+closed loop at `--concurrency` (a caller told UNAVAILABLE waits `--retry-after` s, as a client backs
+off), and every `--period` seconds (after `--warmup`) a SIGKILL of its tritonserver, `--kills` times.
+Each call is put in a phase by when it started and ended: `in flight` (running at a kill), `down`
+(started while health was not SERVING) or `up`. Reported per phase: status counts, and per kill:
+seconds until health said NOT_SERVING and until SERVING again. Exit 1 on any INTERNAL/UNKNOWN, a
+call that outlived its deadline, or a Triton that did not come back.
 
     python -m benchmarks.triton_kill --address 127.0.0.1:50051 --serve-pid PID
 """
