@@ -100,9 +100,14 @@ async def run(args: argparse.Namespace) -> dict:
                 kills.append(await kill_and_watch(args.address, args.serve_pid, started, args.cap))
             return kills
 
-        load = run_level(
-            target, Level(concurrency=args.concurrency), Budget(duration_s=duration), lambda _: None
-        )
+        async def polite(n: int) -> Sample:
+            sample = await target(n)
+            if sample.status == "UNAVAILABLE":
+                await asyncio.sleep(args.retry_after)
+            return sample
+
+        level, budget = Level(concurrency=args.concurrency), Budget(duration_s=duration)
+        load = run_level(polite, level, budget, lambda _: None)
         results, kills = await asyncio.gather(load, killer())
     downs = [k.pop("down") for k in kills]
     by_phase: dict[str, Counter[str]] = {}
@@ -131,6 +136,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each call, seconds")
     parser.add_argument("--cap", type=float, default=300.0, help="give up waiting for SERVING after this")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--retry-after", type=float, default=0.5, help="a caller's pause after UNAVAILABLE")
     parser.add_argument("--retry-after", type=float, default=0.5, help="a caller's pause after UNAVAILABLE")
     parser.add_argument("--out", type=Path, default=Path("build/bench/triton_kill.json"))
     args = parser.parse_args()
