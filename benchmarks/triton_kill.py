@@ -137,7 +137,6 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=300.0, help="give up waiting for SERVING after this")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--retry-after", type=float, default=0.5, help="a caller's pause after UNAVAILABLE")
-    parser.add_argument("--retry-after", type=float, default=0.5, help="a caller's pause after UNAVAILABLE")
     parser.add_argument("--out", type=Path, default=Path("build/bench/triton_kill.json"))
     args = parser.parse_args()
     console = Console()
