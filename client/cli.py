@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from tritonclient.utils import InferenceServerException
 
 from navig.client.eval.cli import eval_command
@@ -22,7 +23,30 @@ from navig.orchestrator.embedded_triton import TritonLaunchError
 from navig.orchestrator.tools.gazetteer.cli import gazetteer_app
 from navig.orchestrator.tools.guidebook.cli import guidebook_app
 
-app = typer.Typer(help="navig-serve: Triton-served NAVIG geo-localization.", no_args_is_help=True)
+# What `pip install navig-serve` leaves out: the [cpu] extra's model stack (export, serving models,
+# building guidebooks). Only the verbs that need it import it; `locate`, `profile`, `eval` never do.
+EXTRA_MODULES = frozenset(
+    "cv2 faiss onnx onnxruntime onnxscript peft pytriton rapidocr safetensors tokenizers torch transformers "
+    "xgrammar".split()
+)
+EXTRA_HINT = "pip install 'navig-serve[cpu]'"
+
+
+class NavigTyper(typer.Typer):
+    """A verb that needs the [cpu] extra, run without it, exits 1 with the install hint, not a traceback."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] not in EXTRA_MODULES:
+                raise
+            hint = escape(EXTRA_HINT)
+            errors.print(f"[red]error:[/red] this command needs {exc.name}, from the cpu extra: {hint}")
+            raise SystemExit(1) from None
+
+
+app = NavigTyper(help="navig-serve: Triton-served NAVIG geo-localization.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 app.add_typer(triton_app, name="triton")
 app.add_typer(gazetteer_app, name="gazetteer")
@@ -74,5 +98,5 @@ def demo(
     try:
         run_demo(model_repository, samples, console)
     except TritonLaunchError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
+        errors.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc

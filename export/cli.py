@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -12,8 +12,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from navig.export.errors import ExportError
-from navig.export.repository import REPORT_FILE
-from navig.export.spec import ExportSpec, OcrSpec, load_spec
+
+if TYPE_CHECKING:
+    from navig.export.spec import ExportSpec
 
 app = typer.Typer(help="Turn checkpoints into a Triton model repository.", no_args_is_help=True)
 console = Console(soft_wrap=True)
@@ -30,6 +31,7 @@ def _progress() -> Progress:
 def run_build(spec: ExportSpec) -> None:
     """Builds, prints the report table and notes; ExportError -> message + exit code 1."""
     from navig.export.build import build
+    from navig.export.repository import REPORT_FILE
 
     quiet_transformers()
     started = time.perf_counter()
@@ -81,6 +83,8 @@ def export_build(
     stream: Annotated[bool | None, typer.Option(help="Streaming (decoupled) VLM models.")] = None,
 ) -> None:
     """Export everything SPEC names into a Triton model repository for one profile."""
+    from navig.export.spec import load_spec  # its GpuOptions module needs onnx: the [cpu] extra
+
     try:
         spec = load_spec(spec_file)
     except ExportError as exc:
@@ -104,6 +108,8 @@ def export_ocr(
     profile: Annotated[Literal["cpu", "gpu"], typer.Option()] = "cpu",
 ) -> None:
     """Only the PP-OCR models (ocr_det, ocr_rec, ocr)."""
+    from navig.export.spec import ExportSpec, OcrSpec
+
     run_build(ExportSpec(profile=profile, output=out.resolve(), ocr=OcrSpec(det=det, rec=rec)))
 
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from navig.orchestrator import logs
 from navig.orchestrator.embedded_triton import (
@@ -23,7 +24,6 @@ from navig.orchestrator.security import check_exposure, metrics_bind_host
 from navig.orchestrator.settings import Settings, SettingsError, load_settings
 from navig.orchestrator.tools.gazetteer.cli import open_with_progress
 from navig.orchestrator.tools.gazetteer.index import GazetteerError
-from navig.orchestrator.tools.guidebook.build import ensure_default_guidebook
 from navig.orchestrator.tools.guidebook.entries import GuidebookError
 from navig.orchestrator.triton_supervisor import RestartPolicy, TritonGaveUp, TritonSupervisor
 
@@ -67,7 +67,7 @@ def serve(
         console.print("[red]error:[/red] Triton exited unexpectedly; last log lines:\n" + server.log_tail(15))
         raise typer.Exit(1)
     except TritonLaunchError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         console.print("stopping Triton...")
@@ -139,7 +139,7 @@ def serve_geolocator(
         console.print(f"[red]error:[/red] {exc}\nexiting with code 1: a supervisor restarts navig serve")
         raise typer.Exit(1) from exc
     except (TritonLaunchError, OSError, GazetteerError, GuidebookError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     finally:
         if triton is not None:
@@ -152,6 +152,8 @@ def prepare_tools(settings: Settings, model_repository: Path | None, console: Co
     if settings.use_map_search and settings.map_backend == "gazetteer":
         open_with_progress(settings.gazetteer_dir, console)
     if settings.use_guidebook and settings.guidebook_dir is None and model_repository is not None:
+        from navig.orchestrator.tools.guidebook.build import ensure_default_guidebook  # needs faiss
+
         with console.status("embedding the default guidebook with the repository's CLIP (once)..."):
             guidebook = ensure_default_guidebook(model_repository)
         settings = settings.model_copy(update={"guidebook_dir": guidebook})
