@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 REPOSITORY := build/model_repository
 CHECKPOINTS := build/checkpoints
+EXPORT_ARGS ?=  # --force: rebuild the checkpoints and re-export even when their inputs are unchanged
+DEMO_ARGS ?=  # --all: Locate every sample sign, not a handful
 
 .PHONY: install repository demo test lint samples bench clean
 
@@ -16,12 +18,14 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
+# Each step reuses its output while a content hash of its inputs (checkpoint bytes, spec, navig
+# version and sources, library versions) matches the one recorded beside it.
 repository: install
-	$(BIN)/navig export demo-checkpoints --preset tiny --out $(CHECKPOINTS)
-	$(BIN)/navig export build $(CHECKPOINTS)/export.yaml --out $(REPOSITORY)
+	$(BIN)/navig export demo-checkpoints --preset tiny --out $(CHECKPOINTS) $(EXPORT_ARGS)
+	$(BIN)/navig export build $(CHECKPOINTS)/export.yaml --out $(REPOSITORY) $(EXPORT_ARGS)
 
 demo: repository
-	$(BIN)/navig demo --model-repository $(REPOSITORY) --samples samples
+	$(BIN)/navig demo --model-repository $(REPOSITORY) --samples samples $(DEMO_ARGS)
 
 test: install
 	$(BIN)/ruff check .

@@ -91,12 +91,15 @@ def ocr(
 def demo(
     model_repository: Annotated[Path, typer.Option(help="Built by `navig export`.")] = DEFAULT_REPOSITORY,
     samples: Annotated[Path, typer.Option(help="Rendered sample signs.")] = Path("samples"),
+    all_samples: Annotated[
+        bool, typer.Option("--all", help="Every sample sign, not a handful from different countries.")
+    ] = False,
 ) -> None:
-    """Start the embedded Triton, read every sample sign through it, stop it."""
-    from navig.client.demo import run_demo
+    """Start the embedded Triton, Locate a handful of sample signs (--all: every one), stop it."""
+    from navig.client.demo import DEFAULT_COUNT, run_demo
 
     try:
-        run_demo(model_repository, samples, console)
+        run_demo(model_repository, samples, console, None if all_samples else DEFAULT_COUNT)
     except TritonLaunchError as exc:
         errors.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc

@@ -25,11 +25,29 @@ CITY_KM = 25.0
 # The demo's VLM weights are random placeholders: their grammar-constrained answers are valid JSON
 # naming a random country. The table is answered from the evidence; one answer shows the VLM path.
 EVIDENCE_ONLY = pb.LocateOptions(use_vlm_guesser=False)
+DEFAULT_COUNT = 8  # samples located by default (`navig demo --all`: every one)
 
 
-def run_demo(model_repository: Path, samples_dir: Path, console: Console) -> float:
-    """Returns the share of samples whose country was found."""
-    samples = load_samples(samples_dir)
+def pick_samples(samples: list[Sample], count: int | None) -> list[Sample]:
+    """`count` samples spread evenly over the index, each from another country while countries
+    last (the index lists a country's signs together); all of them when count is None."""
+    if count is None or count >= len(samples):
+        return list(samples)
+    chosen: list[Sample] = []
+    for i in range(count):
+        rest = samples[i * len(samples) // count :] + samples
+        taken = {s.country_code for s in chosen}
+        pick = next((s for s in rest if s.country_code not in taken and s not in chosen), None)
+        chosen.append(pick or next(s for s in rest if s not in chosen))
+    return sorted(chosen, key=samples.index)
+
+
+def run_demo(
+    model_repository: Path, samples_dir: Path, console: Console, count: int | None = DEFAULT_COUNT
+) -> float:
+    """Locates `count` samples (None: all); returns the share of them whose country was found."""
+    every = load_samples(samples_dir)
+    samples = pick_samples(every, count)
     config = TritonConfig(model_repository, ports=TritonPorts.free(), log_file=Path("build/demo-triton.log"))
     started = time.perf_counter()
     with console.status("starting the embedded Triton server..."), EmbeddedTriton(config) as triton:
@@ -43,7 +61,7 @@ def run_demo(model_repository: Path, samples_dir: Path, console: Console) -> flo
             answers = _locate_all(server.address, samples, samples_dir)
     _print_detail(console, samples[0], with_vlm)
     console.print("placeholder VLM weights: the table below is answered by the evidence guesser")
-    return _print_summary(console, samples, answers)
+    return _print_summary(console, samples, answers, len(every))
 
 
 def _locate_all(address: str, samples: list[Sample], samples_dir: Path) -> list[pb.LocateResponse]:
@@ -75,8 +93,16 @@ def _print_detail(console: Console, sample: Sample, answer: pb.LocateResponse) -
     console.print(evidence, timings)
 
 
-def _print_summary(console: Console, samples: list[Sample], answers: list[pb.LocateResponse]) -> float:
-    table = Table("image", "truth", "answer", "by", "km off", "read", "ms", title="Locate on every sample")
+def _print_summary(
+    console: Console, samples: list[Sample], answers: list[pb.LocateResponse], available: int
+) -> float:
+    ran = (
+        f"every sample ({available})"
+        if len(samples) == available
+        else f"{len(samples)} of the {available} samples, from {len({s.country_code for s in samples})} "
+        "countries (--all: every one)"
+    )
+    table = Table("image", "truth", "answer", "by", "km off", "read", "ms", title=f"Locate on {ran}")
     countries = cities = 0
     for sample, answer in zip(samples, answers):
         loc = answer.location
@@ -92,7 +118,8 @@ def _print_summary(console: Console, samples: list[Sample], answers: list[pb.Loc
     by = Counter(_component(a) for a in answers)
     latencies = [a.total_ms for a in answers]
     console.print(
-        f"country correct {countries}/{len(samples)}, city within {CITY_KM:.0f} km {cities}/{len(samples)}; "
+        f"on {ran}: country correct {countries}/{len(samples)}, "
+        f"city within {CITY_KM:.0f} km {cities}/{len(samples)}; "
         f"answered by {dict(by)}; latency median {statistics.median(latencies):.0f} ms, "
         f"max {max(latencies):.0f} ms"
     )

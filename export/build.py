@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 from rich.progress import Progress
 
 from navig.export import gpu_recipes, triton_config
+from navig.export.fingerprint import export_fingerprint, export_inputs, fingerprint, navig_version
 from navig.export.ocr import OcrSources
-from navig.export.report import ArtifactReport, write_report
+from navig.export.report import ArtifactReport, folder_size, write_report
 from navig.export.repository import REPORT_FILE, place_model_folder, write_ocr_models
 from navig.export.spec import ExportSpec
 from navig.model_repository import contract
@@ -70,7 +72,9 @@ def plan(spec: ExportSpec) -> list[Step]:
 
 def build(spec: ExportSpec, progress: Progress) -> BuildResult:
     check_inputs(spec)
+    inputs = export_inputs(spec)
     spec.output.mkdir(parents=True, exist_ok=True)
+    (spec.output / REPORT_FILE).unlink(missing_ok=True)  # a half-rewritten repository is never reused
     steps = plan(spec)
     overall = progress.add_task("export", total=len(steps) + 1)
     reports: list[ArtifactReport] = []
@@ -87,8 +91,35 @@ def build(spec: ExportSpec, progress: Progress) -> BuildResult:
     if spec.profile == "gpu":
         result.notes.extend(write_gpu_build(spec, models))
     progress.advance(overall)
-    write_report(spec.output / REPORT_FILE, reports, profile=spec.profile, models=models)
+    write_report(
+        spec.output / REPORT_FILE,
+        reports,
+        profile=spec.profile,
+        models=models,
+        notes=result.notes,
+        navig_version=navig_version(),
+        inputs_sha256=fingerprint(inputs),  # `navig export build` reuses the repository while it matches
+        inputs=inputs,
+    )
     return result
+
+
+def reuse(spec: ExportSpec) -> BuildResult | None:
+    """The repository at spec.output as its report describes it, when it was exported from the same
+    inputs (`fingerprint.export_inputs`) and every model and artifact the report lists is there."""
+    try:
+        report = json.loads((spec.output / REPORT_FILE).read_text())
+        if report.get("inputs_sha256") != export_fingerprint(spec):
+            return None
+        reports = [ArtifactReport(**{**a, "path": Path(a["path"])}) for a in report["artifacts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    models = list(report.get("models", []))
+    if not all((spec.output / m / "config.pbtxt").is_file() for m in models) or not all(
+        r.path.exists() and folder_size(r.path) == r.size_bytes for r in reports
+    ):
+        return None
+    return BuildResult(spec.output, reports, models, list(report.get("notes", [])))
 
 
 def write_model_config(spec: ExportSpec, name: str) -> None:

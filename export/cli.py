@@ -28,26 +28,36 @@ def _progress() -> Progress:
     return Progress(*columns, console=console, transient=True)
 
 
-def run_build(spec: ExportSpec) -> None:
-    """Builds, prints the report table and notes; ExportError -> message + exit code 1."""
+def run_build(spec: ExportSpec, reuse: bool = False) -> None:
+    """Builds (or, with `reuse`, keeps a repository exported from the same inputs), prints the report
+    table and notes; ExportError -> message + exit code 1."""
     from navig.export.build import build
+    from navig.export.build import reuse as reused
+    from navig.export.fingerprint import navig_version
     from navig.export.repository import REPORT_FILE
 
-    quiet_transformers()
     started = time.perf_counter()
-    try:
-        with _progress() as progress:
-            result = build(spec, progress)
-    except ExportError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    table = Table(title=f"{spec.profile} model repository: {result.repository}")
-    for column in ("model", "artifact", "size", "max |diff| (tolerance)", "seconds"):
+    result = reused(spec) if reuse else None
+    recorded = "" if result is None else " (reused: figures as recorded)"
+    if result is not None:
+        console.print(
+            f"[green]reused[/green] {spec.output}: exported from the same inputs (spec, checkpoint "
+            f"bytes, navig {navig_version()} sources, library versions); --force exports again"
+        )
+    else:
+        quiet_transformers()
+        try:
+            with _progress() as progress:
+                result = build(spec, progress)
+        except ExportError as exc:
+            errors.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    table = Table(title=f"{spec.profile} model repository: {result.repository}{recorded}")
+    for column in ("model", "artifact", "size", "parity vs source (tolerance)", "seconds"):
         table.add_column(column)
     for r in result.reports:
-        diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e} ({r.tolerance:.0e})"
         path = str(r.path.relative_to(result.repository))
-        table.add_row(r.model, path, f"{r.size_bytes / 1e6:.1f} MB", diff, f"{r.seconds:.1f}")
+        table.add_row(r.model, path, f"{r.size_bytes / 1e6:.1f} MB", r.parity(), f"{r.seconds:.1f}")
     console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
@@ -81,8 +91,15 @@ def export_build(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Override the spec's output folder.")] = None,
     stream: Annotated[bool | None, typer.Option(help="Streaming (decoupled) VLM models.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Export even if the output was exported from the same inputs.")
+    ] = False,
 ) -> None:
-    """Export everything SPEC names into a Triton model repository for one profile."""
+    """Export everything SPEC names into a Triton model repository for one profile.
+
+    An output folder exported before from the same inputs is reused: its export_report.json records
+    a sha256 of the spec, the checkpoints' bytes, the navig version and sources and the library
+    versions, and every artifact it lists must still be there."""
     from navig.export.spec import load_spec  # its GpuOptions module needs onnx: the [cpu] extra
 
     try:
@@ -97,7 +114,7 @@ def export_build(
         updates["output"] = out.resolve()
     if stream is not None and spec.vlm:
         updates["vlm"] = spec.vlm.model_copy(update={"stream": stream})
-    run_build(spec.model_copy(update=updates))
+    run_build(spec.model_copy(update=updates), reuse=not force)
 
 
 @app.command("ocr")
@@ -121,13 +138,24 @@ def export_demo_checkpoints(
     out: Annotated[Path, typer.Option(help="Folder for the checkpoints and export.yaml.")] = Path(
         "build/checkpoints"
     ),
+    force: Annotated[bool, typer.Option("--force", help="Build even if OUT holds them already.")] = False,
 ) -> None:
-    """Random-initialised Qwen2-VL + LoRA, GroundingDINO and CLIP checkpoints in the real formats."""
-    from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
+    """Random-initialised Qwen2-VL + LoRA, GroundingDINO and CLIP checkpoints in the real formats.
 
-    quiet_transformers()
-    with console.status(f"building {preset} checkpoints..."):
-        counts = build_demo_checkpoints(out, preset)
+    They are seeded: a folder built for the same preset by the same navig sources and libraries,
+    its files unchanged since (sha256), is reused."""
+    from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints, reused_demo_checkpoints
+
+    counts = None if force else reused_demo_checkpoints(out, preset)
+    if counts is not None:
+        console.print(
+            f"[green]reused[/green] the {preset} checkpoints in {out}: same preset, navig sources and "
+            "libraries, files unchanged; --force builds them again"
+        )
+    else:
+        quiet_transformers()
+        with console.status(f"building {preset} checkpoints..."):
+            counts = build_demo_checkpoints(out, preset)
     table = Table(title=f"{preset} demo checkpoints in {out}")
     table.add_column("checkpoint")
     table.add_column("parameters", justify="right")

@@ -17,13 +17,36 @@ class ArtifactReport:
     tolerance: float | None
     seconds: float
     check: str = ""  # what was compared, e.g. "ONNX vs PyTorch, 2 images"
+    figure: str = ""  # the measured result when it is not a difference, e.g. "identical bytes (sha256)"
+    misses: int | None = None  # outputs left out of max_abs_diff: no counterpart within tolerance
+    misses_allowed: int | None = None  # the most misses the check accepts (argued beside its constant)
 
     @classmethod
     def of_file(
-        cls, model: str, path: Path, diff: float, tolerance: float, started: float, check: str
+        cls,
+        model: str,
+        path: Path,
+        diff: float,
+        tolerance: float,
+        started: float,
+        check: str,
+        *,
+        misses: int | None = None,
+        misses_allowed: int | None = None,
     ) -> ArtifactReport:
         """Report for an artifact just written at `path`; `started` is its perf_counter start."""
-        return cls(model, path, folder_size(path), diff, tolerance, time.perf_counter() - started, check)
+        seconds = time.perf_counter() - started
+        size = folder_size(path)
+        return cls(model, path, size, diff, tolerance, seconds, check, "", misses, misses_allowed)
+
+    def parity(self) -> str:
+        """The parity figure as the export table shows it: diff (tolerance), misses beside it."""
+        if self.max_abs_diff is None:
+            return self.figure or "-"
+        text = f"{self.max_abs_diff:.1e} ({self.tolerance:.0e})"
+        if self.misses is not None:
+            text += f", {self.misses} missed (<= {self.misses_allowed})"
+        return text
 
 
 def folder_size(path: Path) -> int:

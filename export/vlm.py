@@ -2,7 +2,7 @@
 
 Merging removes the adapter's extra matmuls at serving time and lets one engine serve the
 REASONER. The merge is checked: merged and PEFT logits on the same image+text inputs must agree
-within the stated tolerance, or nothing is written.
+within the stated tolerance, or nothing is written. The `vlm` copy is checked by sha256, file by file.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from navig.export.checkpoints import load_pretrained, read_config
 from navig.export.errors import CheckpointError, ExportError
+from navig.export.fingerprint import sha256_file
 from navig.export.report import ArtifactReport, folder_size
 from navig.model_repository import contract
 from navig.model_repository.vlm_engine import VlmInputs
@@ -35,6 +36,7 @@ SIDE_FILES = (
     "chat_template.json",
     "chat_template.jinja",
 )
+IDENTICAL_BYTES = "identical bytes (sha256)"  # the `vlm` figure: the copy is the checkpoint
 PARITY_PROMPT = "Where was this photo taken? Describe the signs, the vegetation and the architecture."
 
 
@@ -77,7 +79,8 @@ def copy_side_files(source: Path, target: Path) -> None:
 
 
 def export_base(base: Path, repository: Path) -> ArtifactReport:
-    """The GUESSER/describer serve the base checkpoint as it is: copied, not re-saved."""
+    """The GUESSER/describer serve the base checkpoint as it is: copied, not re-saved, and the copy
+    checked byte for byte (sha256 of every file against its source)."""
     started = time.perf_counter()
     read_config(base, QWEN2_VL_TYPES)
     target = weights_dir(repository, contract.VLM)
@@ -86,15 +89,34 @@ def export_base(base: Path, repository: Path) -> ArtifactReport:
     copy_side_files(base, target)
     for weights in [*base.glob("*.safetensors"), *base.glob("model.safetensors.index.json")]:
         shutil.copy2(weights, target / weights.name)
+    try:
+        copied = verify_copy(base, target)
+    except ExportError:
+        shutil.rmtree(target)
+        raise
     return ArtifactReport(
         model=contract.VLM,
         path=target,
         size_bytes=folder_size(target),
-        max_abs_diff=0.0,
-        tolerance=0.0,
+        max_abs_diff=None,
+        tolerance=None,
         seconds=time.perf_counter() - started,
-        check="byte copy of the base checkpoint",
+        check=f"sha256 of each copied file ({copied}) vs its source in the base checkpoint",
+        figure=IDENTICAL_BYTES,
     )
+
+
+def verify_copy(source: Path, copy: Path) -> int:
+    """Every file in `copy` has the sha256 of the same-named file in `source`; returns how many."""
+    files = sorted(p for p in copy.iterdir() if p.is_file())
+    for path in files:
+        want, got = sha256_file(source / path.name), sha256_file(path)
+        if got != want:
+            raise ExportError(
+                f"vlm: the copy of {source / path.name} differs from its source "
+                f"(sha256 {got[:12]}... vs {want[:12]}...)"
+            )
+    return len(files)
 
 
 def export_merged_reasoner(base: Path, adapter: Path, repository: Path, tolerance: float) -> ArtifactReport:

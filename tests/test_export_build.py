@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +15,17 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from rich.progress import Progress
 from tritonclient.grpc import model_config_pb2 as mc
+from typer.testing import CliRunner
 
 from navig.export.build import build
-from navig.export.demo_checkpoints import SPEC_FILE
+from navig.export.cli import app as export_app
+from navig.export.demo_checkpoints import SPEC_FILE, reused_demo_checkpoints
 from navig.export.errors import CheckpointError, ExportError
+from navig.export.fingerprint import export_fingerprint
+from navig.export.repository import REPORT_FILE
 from navig.export.spec import load_spec
 from navig.export.triton_config import ONNX_MODELS
+from navig.export.vlm import IDENTICAL_BYTES
 from navig.model_repository import contract
 
 ALL_MODELS = (
@@ -161,3 +168,55 @@ def test_cli_reports_errors_without_traceback(demo_checkpoints: Path, tmp_path: 
     )  # fmt: skip
     assert result.returncode == 1
     assert "no *.safetensors weights" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_report_records_measured_figures_and_the_inputs(model_repository: Path, demo_checkpoints: Path):
+    report = json.loads((model_repository / REPORT_FILE).read_text())
+    artifacts = {a["model"]: a for a in report["artifacts"]}
+    vlm, detector = artifacts[contract.VLM], artifacts[contract.DETECTOR]
+    assert vlm["figure"] == IDENTICAL_BYTES and vlm["max_abs_diff"] is None and "sha256" in vlm["check"]
+    assert 0 <= detector["misses"] <= detector["misses_allowed"] and detector["max_abs_diff"] is not None
+    spec = load_spec(demo_checkpoints / SPEC_FILE).model_copy(update={"output": model_repository})
+    assert report["inputs_sha256"] == export_fingerprint(spec)
+    assert report["inputs"]["code"]["navig"] == report["navig_version"]
+
+
+def test_export_build_reuses_an_unchanged_repository(demo_checkpoints: Path, tmp_path: Path):
+    """Same inputs: reused (and said so, with --force named); changed bytes or a lost artifact: exported."""
+    base = tmp_path / "qwen2_vl"
+    shutil.copytree(demo_checkpoints / "qwen2_vl", base)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"ocr: null\nvlm:\n  base: {base}\n")
+    args = ["build", str(spec), "--out", str(tmp_path / "repo")]
+    weights = tmp_path / "repo" / contract.VLM / "1" / "weights"
+
+    def export(*extra: str) -> bool:
+        """True when the run reused the repository."""
+        result = CliRunner().invoke(export_app, [*args, *extra])
+        assert result.exit_code == 0, result.output
+        assert (weights / "model.safetensors").is_file()
+        return "reused" in result.output and "--force" in result.output
+
+    assert not export()
+    assert export()
+    assert not export("--force")
+    assert not export("--out", str(tmp_path / "elsewhere"))  # another folder: its own export
+    generation = base / "generation_config.json"
+    generation.write_text(generation.read_text() + "\n")
+    assert not export()
+    assert export()
+    (weights / "model.safetensors").unlink()
+    assert not export()
+    assert not export("--stream")  # the spec changed
+
+
+def test_demo_checkpoints_are_reused_while_unchanged(demo_checkpoints: Path, tmp_path: Path):
+    counts = reused_demo_checkpoints(demo_checkpoints, "tiny")
+    assert counts is not None and set(counts) == {"qwen2_vl", "reasoner_lora", "grounding_dino", "clip"}
+    assert reused_demo_checkpoints(demo_checkpoints, "small") is None
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(demo_checkpoints, copy)
+    assert reused_demo_checkpoints(copy, "tiny") == counts
+    config = copy / "clip" / "config.json"
+    config.write_text(config.read_text() + " ")
+    assert reused_demo_checkpoints(copy, "tiny") is None

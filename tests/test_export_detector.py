@@ -49,6 +49,10 @@ def test_export_reports_parity_within_tolerance(exported):
     assert report.model == contract.DETECTOR
     assert report.max_abs_diff <= PARITY_TOLERANCE == report.tolerance
     assert report.size_bytes == report.path.stat().st_size > 0
+    # the diff covers the reproduced detections only: how many were not stands beside it
+    assert report.misses_allowed == QUERIES_MAY_DIFFER_PER_PROMPT * len(contract.DETECTOR_PROMPTS)
+    assert report.misses is not None and 0 <= report.misses <= report.misses_allowed
+    assert report.parity().endswith(f", {report.misses} missed (<= {report.misses_allowed})")
 
 
 def test_graph_takes_uint8_with_dynamic_batch_and_carries_the_prompts(exported):

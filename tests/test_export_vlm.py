@@ -19,7 +19,13 @@ from tritonclient.utils import InferenceServerException
 
 from navig.export.errors import CheckpointError, ExportError
 from navig.export.report import ArtifactReport
-from navig.export.vlm import check_adapter, export_merged_reasoner, parity_images
+from navig.export.vlm import (
+    IDENTICAL_BYTES,
+    check_adapter,
+    export_merged_reasoner,
+    parity_images,
+    verify_copy,
+)
 from navig.model_repository import contract
 from navig.model_repository.vlm_engine import TransformersVlm, length_groups
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
@@ -62,6 +68,21 @@ def test_merge_parity_is_reported_within_tolerance(export_reports: list[Artifact
     assert reasoner.max_abs_diff is not None and reasoner.tolerance is not None
     assert reasoner.max_abs_diff <= reasoner.tolerance
     print(f"\nmerged vs PEFT logits: max abs diff {reasoner.max_abs_diff:.2e}")
+
+
+def test_base_copy_is_checked_by_sha256(export_reports: list[ArtifactReport], demo_checkpoints, tmp_path):
+    (vlm,) = [r for r in export_reports if r.model == contract.VLM]
+    assert vlm.parity() == vlm.figure == IDENTICAL_BYTES and vlm.max_abs_diff is None
+    copy = tmp_path / "weights"
+    shutil.copytree(vlm.path, copy)
+    assert verify_copy(demo_checkpoints / "qwen2_vl", copy) == len(list(copy.iterdir())) > 1
+    assert f"({len(list(copy.iterdir()))})" in vlm.check
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match=r"copy of .*model\.safetensors differs from its source"):
+        verify_copy(demo_checkpoints / "qwen2_vl", copy)
 
 
 def test_merge_changes_the_weights(model_repository: Path, demo_checkpoints: Path):
