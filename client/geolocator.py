@@ -21,11 +21,12 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from navig.client.results import LocateResult
+from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.api import geolocator_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 32 * 2**20
-HEALTH_SERVICE = "navig.v1.Geolocator"
+HEALTH_SERVICE = contract.GEOLOCATOR_SERVICE
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 Image = bytes | Path

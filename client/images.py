@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+from navig.model_repository import contract
+
+IMAGE_SUFFIXES = frozenset(contract.IMAGE_SUFFIXES)  # what the server decodes: a .bmp would only be refused
 
 
 class ImageReadError(ValueError):

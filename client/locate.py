@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import grpc
 import typer
+from PIL import Image, UnidentifiedImageError
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
@@ -31,6 +32,7 @@ from rich.text import Text
 from navig.client.geolocator import GeolocatorClient, LocateError
 from navig.client.images import ImageReadError, expand_paths
 from navig.client.results import LocateResult
+from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
 
 
@@ -67,11 +69,24 @@ def expand_inputs(arguments: list[str]) -> list[Path]:
         raise InputError(str(exc)) from exc
     for path in paths:
         if path.is_dir() and not any(p.parent == path for p in found):
-            raise InputError(f"{path}: no images (.jpg, .jpeg, .png, .webp, .bmp) in this directory")
+            raise InputError(f"{path}: no images ({', '.join(contract.IMAGE_SUFFIXES)}) in this directory")
     for path in found:
         if not os.access(path, os.R_OK):
             raise InputError(f"{path}: not readable")
+        if (kind := image_format(path)) not in contract.IMAGE_FORMATS:
+            raise InputError(
+                f"{path}: {kind or 'not an image'}; the server reads {'/'.join(contract.IMAGE_FORMATS)}"
+            )
     return found
+
+
+def image_format(path: Path) -> str | None:
+    """The file's format from its header (Pillow reads no pixels), None when it is not an image."""
+    try:
+        with Image.open(path) as image:
+            return image.format
+    except (UnidentifiedImageError, OSError):
+        return None
 
 
 def build_options(

@@ -1,4 +1,16 @@
-"""Model and tensor names: the contract shared by both serving profiles and every caller."""
+"""Model and tensor names: the contract shared by both serving profiles and every caller.
+
+Also the wire limits every side must agree on (settings, the Geolocator service, the VLM models,
+the client): one value each, imported, never retyped.
+"""
+
+# --- limits ------------------------------------------------------------------------------------------
+MAX_NEW_TOKENS = 4096  # per VLM generation
+MIN_IMAGE_SIDE = 28  # Qwen2-VL's smallest patch grid (2 x 14 px)
+MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses longer, thinner images
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")  # what the Geolocator decodes
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # files of those formats, as the client finds them
+GEOLOCATOR_SERVICE = "navig.v1.Geolocator"  # the gRPC service, and its name in gRPC health checks
 
 OCR = "ocr"  # one RGB image -> text lines
 OCR_IMAGE = "image"

@@ -121,16 +121,19 @@ class TritonPythonModel:
             if image.ndim != 4 or image.shape[0] != 1:
                 raise ValueError(f"image must be [1, H, W, 3], got {list(image.shape)}")
             image = image[0]
-            if min(image.shape[:2]) < 28:
-                raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} is smaller than 28 px")
-            if max(image.shape[:2]) > 200 * min(image.shape[:2]):  # Qwen2-VL's processor limit
-                raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} has an aspect ratio above 200")
+            height, width = image.shape[:2]
+            if min(height, width) < contract.MIN_IMAGE_SIDE:
+                raise ValueError(f"image of {width}x{height} is smaller than {contract.MIN_IMAGE_SIDE} px")
+            if max(height, width) > contract.MAX_ASPECT_RATIO * min(height, width):
+                raise ValueError(
+                    f"image of {width}x{height} has an aspect ratio above {contract.MAX_ASPECT_RATIO}"
+                )
         budget_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_MAX_TOKENS)
         max_tokens = (
             int(budget_tensor.as_numpy().reshape(-1)[0]) if budget_tensor else self.default_max_tokens
         )
-        if not 1 <= max_tokens <= 4096:
-            raise ValueError(f"max_tokens must be in 1..4096, got {max_tokens}")
+        if not 1 <= max_tokens <= contract.MAX_NEW_TOKENS:
+            raise ValueError(f"max_tokens must be in 1..{contract.MAX_NEW_TOKENS}, got {max_tokens}")
         schema_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_JSON_SCHEMA)
         json_schema = (
             (_text(schema_tensor.as_numpy().reshape(-1)[0]) or None) if schema_tensor is not None else None

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 from grpc_health.v1 import health, health_pb2
 
+from navig.model_repository import contract
 from navig.orchestrator.triton_client import TritonModels
 
-SERVICE = "navig.v1.Geolocator"
+SERVICE = contract.GEOLOCATOR_SERVICE
 log = logging.getLogger("navig.health")
 
 

@@ -26,11 +26,12 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-FORMATS = ("JPEG", "PNG", "WEBP")
+from navig.model_repository import contract
+
+FORMATS = contract.IMAGE_FORMATS
 # Modes with a faithful RGB conversion; float, 32-bit and 1-bit images are not photos we serve.
 MODES = ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr")
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B")  # 16-bit grayscale PNG: served as 8-bit grayscale
-MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses longer, thinner images
 DETAIL_CHARS = 200  # of Pillow's own message, quoted in the rejection
 
 
@@ -74,9 +75,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, min_side: int) ->
             raise ImageRejected(f"image is {width}x{height} = {pixels:,} pixels; limit {max_pixels:,}")
         if min(width, height) < min_side:
             raise ImageRejected(f"image is {width}x{height}; both sides must be at least {min_side} px")
-        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        if max(width, height) > contract.MAX_ASPECT_RATIO * min(width, height):
             raise ImageRejected(
-                f"image is {width}x{height}; the aspect ratio may be at most {MAX_ASPECT_RATIO}"
+                f"image is {width}x{height}; the aspect ratio may be at most {contract.MAX_ASPECT_RATIO}"
             )
         if image.mode not in MODES + SIXTEEN_BIT:
             raise ImageRejected(f"unsupported image mode {image.mode!r}; use 8-bit RGB, grayscale or palette")

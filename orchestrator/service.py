@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from navig.model_repository import contract
 from navig.orchestrator import wire
 from navig.orchestrator.admission import Admission
 from navig.orchestrator.api import geolocator_pb2 as pb
@@ -145,8 +146,10 @@ class _Call:
             return getattr(o, name) if o.HasField(name) else getattr(s, name)
 
         max_new_tokens = o.max_new_tokens if o.HasField("max_new_tokens") else s.max_new_tokens
-        if not 1 <= max_new_tokens <= 4096:
-            raise InvalidInput(f"max_new_tokens must be in 1..4096, got {max_new_tokens}")
+        if not 1 <= max_new_tokens <= contract.MAX_NEW_TOKENS:
+            raise InvalidInput(
+                f"max_new_tokens must be in 1..{contract.MAX_NEW_TOKENS}, got {max_new_tokens}"
+            )
         ocr = pick("use_ocr")
         tools = ToolSwitches(
             ocr=ocr,

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, YamlConfigSettingsSource
 
+from navig.model_repository import contract
+
 _SETTINGS_FILE: ContextVar[Path | None] = ContextVar("navig_settings_file", default=None)
 
 
@@ -61,7 +63,7 @@ class Settings(BaseSettings):
     # --- input limits ----------------------------------------------------------------------
     max_image_bytes: int = Field(20 * 2**20, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height; larger = decompression bomb")
-    min_image_side: int = Field(28, ge=1, description="Qwen2-VL's smallest patch grid")
+    min_image_side: int = Field(contract.MIN_IMAGE_SIDE, ge=contract.MIN_IMAGE_SIDE, description="both sides")
 
     # --- pipeline --------------------------------------------------------------------------
     use_reasoner: bool = True
@@ -70,8 +72,10 @@ class Settings(BaseSettings):
     use_guidebook: bool = True
     use_describer: bool = True
     use_vlm_guesser: bool = True
-    max_new_tokens: int = Field(128, ge=1, le=4096)
-    vlm_image_max_side: int = Field(640, ge=28, description="photos are downscaled to this for the VLMs")
+    max_new_tokens: int = Field(128, ge=1, le=contract.MAX_NEW_TOKENS)
+    vlm_image_max_side: int = Field(
+        640, ge=contract.MIN_IMAGE_SIDE, description="photos are downscaled to this for the VLMs"
+    )
     box_threshold: float = Field(0.35, ge=0, le=1, description="GroundingDINO box score (NAVIG: 0.35)")
     min_crop_side: int = Field(32, ge=1, description="smaller detections are not worth a crop")
     max_crops: int = Field(12, ge=0, description="per photo, best scores first")

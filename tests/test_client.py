@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from PIL import Image
 from typer.testing import CliRunner
 
 from navig.client.cli import app
@@ -231,7 +232,9 @@ def test_tls_with_root_certificates_and_a_token(tmp_path: Path):
         with plaintext, pytest.raises(LocateError) as info:
             plaintext.locate(b"jpeg")
         assert info.value.code == Code.UNAVAILABLE
-        result = navig_locate(str(cert), "--address", f"localhost:{port}", "--ca-file", str(cert), "--json")
+        photo = tmp_path / "photo.png"
+        Image.new("RGB", (32, 32)).save(photo)
+        result = navig_locate(str(photo), "--address", f"localhost:{port}", "--ca-file", str(cert), "--json")
         assert result.exit_code == 0, result.output
     finally:
         grpc_server.stop(0)
@@ -300,8 +303,8 @@ def photos(tmp_path: Path) -> list[Path]:
     folder = tmp_path / "photos"
     folder.mkdir()
     paths = [folder / "a.jpg", folder / "b.png"]
-    for path in paths:
-        path.write_bytes(b"the fake server does not decode")
+    for path, fmt in zip(paths, ("JPEG", "PNG")):
+        Image.new("RGB", (32, 32), (90, 120, 200)).save(path, fmt)  # the client checks the format only
     (folder / "notes.txt").write_text("not an image suffix: skipped in a directory")
     return paths
 
@@ -362,6 +365,17 @@ def test_bad_inputs_exit_2_before_any_call(server: FakeServer, photos: list[Path
     result = navig_locate(str(photos[0]), str(photos[0].parent / missing), "--address", server.address)
     assert result.exit_code == 2 and server.fake.calls == 0
     assert "error" in result.stderr and "Traceback" not in result.output
+
+
+def test_formats_the_server_refuses_exit_2_before_any_call(server: FakeServer, photos: list[Path]):
+    bitmap, text = photos[0].parent / "c.bmp", photos[0].parent / "d.jpg"
+    Image.new("RGB", (32, 32)).save(bitmap, "BMP")
+    text.write_text("a JPEG in name only")
+    for path, reason in ((bitmap, "BMP; the server reads JPEG/PNG/WEBP"), (text, "not an image")):
+        result = navig_locate(str(path), "--address", server.address)
+        assert result.exit_code == 2 and server.fake.calls == 0, result.output
+        assert reason in result.stderr and "Traceback" not in result.output
+    assert "c.bmp" not in navig_locate(str(photos[0].parent), "--address", server.address, "--json").stdout
 
 
 def test_a_closed_port_exits_3(photos: list[Path]):

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from navig.orchestrator.images import MAX_ASPECT_RATIO, ImageRejected, decode_image, downscale
+from navig.model_repository.contract import MAX_ASPECT_RATIO
+from navig.orchestrator.images import ImageRejected, decode_image, downscale
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `benchmarks` is not installed; `python -m pytest` from the root finds it
