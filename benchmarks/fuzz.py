@@ -32,9 +32,10 @@ from benchmarks import fuzz_cases
 from benchmarks.fuzz_cases import Case
 from navig.client.profile.load import Budget, GeolocatorTarget, Level, Sample, run_level
 from navig.client.profile.machine import machine
+from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
 
-SERVICE = "navig.v1.Geolocator"
+SERVICE = contract.GEOLOCATOR_SERVICE
 CRASHES = ("INTERNAL", "UNKNOWN", "LOST")  # LOST: the call ended without any gRPC status
 
 

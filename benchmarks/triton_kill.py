@@ -31,6 +31,7 @@ from rich.table import Table
 from navig.client.profile.load import Budget, GeolocatorTarget, Level, Sample, run_level
 from navig.client.profile.machine import machine
 from navig.export.samples import SAMPLES_DIR, load_samples
+from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -46,7 +47,7 @@ def tritonserver(serve_pid: int) -> psutil.Process:
 
 async def serving(stub: health_pb2_grpc.HealthStub) -> bool:
     try:
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service="navig.v1.Geolocator"), timeout=2)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=contract.GEOLOCATOR_SERVICE), timeout=2)
     except grpc.aio.AioRpcError:
         return False
     return reply.status == SERVING

@@ -31,6 +31,7 @@ from navig.client.profile.machine import machine
 from navig.client.profile.report import compare as compare_reports
 from navig.client.profile.report import summarise, write_reports
 from navig.client.profile.triton_target import TritonModelTarget, UnsupportedModel
+from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
 
 profile_app = typer.Typer(help="Latency profiling of a running Geolocator or Triton model.")
@@ -169,7 +170,7 @@ async def _triton_counters(url: str | None) -> triton_stats.Snapshot:
 def _require_serving(address: str) -> None:
     try:
         with grpc.insecure_channel(address) as channel:
-            request = health_pb2.HealthCheckRequest(service="navig.v1.Geolocator")
+            request = health_pb2.HealthCheckRequest(service=contract.GEOLOCATOR_SERVICE)
             status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status
     except grpc.RpcError as exc:
         errors.print(f"[red]error:[/red] no Geolocator at {address}: {exc.code().name}")
