@@ -47,7 +47,8 @@ def tritonserver(serve_pid: int) -> psutil.Process:
 
 async def serving(stub: health_pb2_grpc.HealthStub) -> bool:
     try:
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=contract.GEOLOCATOR_SERVICE), timeout=2)
+        request = health_pb2.HealthCheckRequest(service=contract.GEOLOCATOR_SERVICE)
+        reply = await stub.Check(request, timeout=2)
     except grpc.aio.AioRpcError:
         return False
     return reply.status == SERVING
