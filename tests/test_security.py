@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
 from typer.testing import CliRunner
 
 from navig.client.cli import app
@@ -276,10 +277,10 @@ def test_mtls_accepts_only_certificates_from_the_client_ca(mtls_server: Orchestr
 def test_mtls_through_navig_locate_and_reflection_off(
     mtls_server: OrchestratorThread, pki: Pki, tmp_path: Path
 ):
-    not_an_image = tmp_path / "not_an_image.jpg"
-    not_an_image.write_bytes(b"the handshake is what is tested; the server rejects these bytes")
+    too_small = tmp_path / "too_small.png"  # the handshake is what is tested; the server rejects 8x8 px
+    Image.new("RGB", (8, 8)).save(too_small)
     common = [
-        str(not_an_image),
+        str(too_small),
         "--address",
         localhost(mtls_server),
         "--ca-file",
