@@ -129,7 +129,7 @@ class BatchingVlm:
 def in_process_pipeline(settings: Settings, repository: Path, tools: Tools) -> Pipeline:
     models = LocalModels(repository)
     metrics = Metrics()
-    searcher = Searcher(settings, models, metrics, tools)  # type: ignore[arg-type]
+    searcher = Searcher(settings, models, metrics, tools)
     return Pipeline(settings, models, searcher, metrics)  # type: ignore[arg-type]
 
 

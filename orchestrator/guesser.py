@@ -17,9 +17,9 @@ from navig.orchestrator.answer import InvalidAnswer, VlmAnswer, parse_answer
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable
 from navig.orchestrator.geo import haversine_km
+from navig.orchestrator.models import Models
 from navig.orchestrator.results import Component, Degradation, Location
 from navig.orchestrator.searcher import Findings
-from navig.orchestrator.triton_client import TritonModels
 
 # Confidence of a valid VLM answer: the model states none, so it is read off agreement with the evidence.
 VLM_AGREES_CITY_KM = 25.0
@@ -38,7 +38,7 @@ class Verdict:
 
 
 async def decide(
-    triton: TritonModels,
+    models: Models,
     image: np.ndarray,
     reasoning: str,
     findings: Findings,
@@ -52,7 +52,7 @@ async def decide(
     prompt = prompts.guesser_prompt(reasoning, evidence_lines(findings))
     try:
         # the grammar bounds the answer's length: with this budget the JSON always completes
-        pieces = triton.generate(
+        pieces = models.generate(
             contract.VLM, prompt, deadline, image, prompts.GUESS_MAX_TOKENS, prompts.GUESS_SCHEMA_JSON
         )
         verdict.guesser_output = "".join([piece async for piece in pieces])

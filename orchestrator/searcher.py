@@ -20,12 +20,12 @@ from navig.orchestrator import prompts
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable
 from navig.orchestrator.metrics import Metrics
+from navig.orchestrator.models import Models
 from navig.orchestrator.results import Degradation, Emit, Evidence
 from navig.orchestrator.settings import Settings
 from navig.orchestrator.timeline import Timeline
 from navig.orchestrator.tools.base import Guidebook, GuideHit, MapSearch, Place, ToolUnavailable
 from navig.orchestrator.tools.setup import Tools
-from navig.orchestrator.triton_client import TritonModels
 
 SIGNS = ("road sign", "building sign")
 CLIP_SIDE = 224  # crops are batched for `clip_image` at one size; the graph's own resize then is a no-op
@@ -71,7 +71,7 @@ class Searcher:
     def __init__(
         self,
         settings: Settings,
-        triton: TritonModels,
+        triton: Models,
         metrics: Metrics,
         tools: Tools,
     ) -> None:
