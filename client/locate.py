@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import grpc
 import typer
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
@@ -85,7 +85,9 @@ def image_format(path: Path) -> str | None:
     try:
         with Image.open(path) as image:
             return image.format
-    except (UnidentifiedImageError, OSError):
+    except (
+        Exception
+    ):  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError... on bad files
         return None
 
 

@@ -82,11 +82,17 @@ class TrtLlmVlm:
         """The rows of Triton's dynamic batch, each its own `generate_async` (in-flight batching runs
         them together); a row whose request is cancelled is aborted in the executor."""
         cancelled = cancelled or [never_cancelled] * len(prompts)
-        results = [
-            self.llm.generate_async(self._prompt(p, i), sampling_params=self._params(m, s))
-            for p, i, m, s in zip(prompts, images, max_tokens, json_schemas, strict=True)
-        ]
-        return [_wait(result, is_cancelled) for result, is_cancelled in zip(results, cancelled, strict=True)]
+        results: list[Any] = []
+        try:
+            for p, i, m, s in zip(prompts, images, max_tokens, json_schemas, strict=True):
+                results.append(
+                    self.llm.generate_async(self._prompt(p, i), sampling_params=self._params(m, s))
+                )
+            return _wait_all(results, cancelled)
+        finally:  # a failure on the way leaves no row generating for nobody
+            for result in results:
+                if not result.finished and not result.aborted():
+                    result.abort()
 
     @staticmethod
     def check_schema(json_schema: str) -> None:
@@ -117,18 +123,25 @@ class TrtLlmVlm:
             yield Generation(list(output.token_ids_diff), output.text_diff)
 
 
-def _wait(result: Any, cancelled: IsCancelled) -> Generation:
-    """A non-streaming result, asking every CANCEL_POLL_S whether to abort it.
+def _wait_all(results: list[Any], cancelled: Sequence[IsCancelled]) -> list[Generation]:
+    """Every row's result; each unfinished row is asked about every CANCEL_POLL_S and aborted when its
+    request was cancelled, whichever rows are still running.
 
     `GenerationResult.result(timeout)` raises `queue.Empty` when nothing arrived in time; after
     `abort()` the executor still sends a final response (finish reason `cancelled`).
     """
-    aborted = False
-    while True:
-        try:
-            output = result.result(timeout=CANCEL_POLL_S).outputs[0]
-            return Generation(list(output.token_ids), output.text, cancelled=aborted)
-        except queue.Empty:
-            if not aborted and cancelled():
-                result.abort()
-                aborted = True
+    done: dict[int, Generation] = {}
+    aborted: set[int] = set()
+    while len(done) < len(results):
+        for row, result in enumerate(results):
+            if row in done:
+                continue
+            try:
+                output = result.result(timeout=CANCEL_POLL_S / len(results)).outputs[0]
+            except queue.Empty:
+                if row not in aborted and cancelled[row]():
+                    result.abort()
+                    aborted.add(row)
+                continue
+            done[row] = Generation(list(output.token_ids), output.text, cancelled=row in aborted)
+    return [done[row] for row in range(len(results))]

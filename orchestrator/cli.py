@@ -192,6 +192,6 @@ async def _serve(settings: Settings, triton: EmbeddedTriton | None) -> None:
         results = await asyncio.gather(*watchers, return_exceptions=True)
         console.print(f"draining in-flight requests (up to {settings.shutdown_grace_s:.0f} s)...")
         await orchestrator.stop()
-    for result in results:
-        if isinstance(result, TritonGaveUp):
+    for result in results:  # the supervisor's failure, if it failed: never swallowed into exit 0
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             raise result

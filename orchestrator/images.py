@@ -35,6 +35,12 @@ SIXTEEN_BIT = ("I;16", "I;16L", "I;16B")  # 16-bit grayscale PNG: served as 8-bi
 DETAIL_CHARS = 200  # of Pillow's own message, quoted in the rejection
 
 
+# Pillow warns of images above its own pixel limit; `max_pixels` below (checked from the header) is ours.
+# A process-wide filter, set once: `warnings.catch_warnings` per call is not thread-safe, and decoding
+# runs in threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 class ImageRejected(ValueError):
     """The request's image is not one we can serve; the message says why."""
 
@@ -59,10 +65,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, min_side: int) ->
         raise ImageRejected("image is empty")
     if len(data) > max_bytes:
         raise ImageRejected(f"image is {len(data):,} bytes; the limit is {max_bytes:,}")
-    # catch_warnings is process-wide, not per thread; decoding threads racing on it is harmless: they all
-    # set the same filter, and an image that slips through is still held to `max_pixels` below.
-    with _parsing("image header is corrupt or truncated"), warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with _parsing("image header is corrupt or truncated"):
         try:
             image = Image.open(io.BytesIO(data), formats=FORMATS)
         except UnidentifiedImageError:

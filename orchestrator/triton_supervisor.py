@@ -59,7 +59,9 @@ class TritonSupervisor:
         while True:
             while self.triton.is_running():
                 await asyncio.sleep(self.poll_s)
-            delay = self._record_exit()
+            code = self.triton.returncode
+            await asyncio.to_thread(self.triton.stop)  # reaps the stubs, joins the log pump: not on the loop
+            delay = self._record_exit(code)
             await asyncio.sleep(delay)
             try:
                 await asyncio.to_thread(self.triton.start)
@@ -68,11 +70,9 @@ class TritonSupervisor:
                 continue
             log.info("triton restarted", extra={"fields": {"restarts": self.restarts}})
 
-    def _record_exit(self) -> float:
-        """Logs and counts an unexpected exit, reaps what is left; returns the backoff before restarting."""
-        code = self.triton.returncode
+    def _record_exit(self, code: int | None) -> float:
+        """Logs and counts an unexpected exit; returns the backoff before restarting."""
         tail = self.triton.log_tail(10)
-        self.triton.stop()  # reaps the python-backend stubs of the dead server, closes its log
         now = time.monotonic()
         self._recent.append(now)
         while self._recent and now - self._recent[0] > self.policy.window_s:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,23 @@ def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     server.start()
     yield server
     server.stop()
+
+
+CANCELLED = re.compile(r"(\w+): request cancelled, generation stopped after (\d+) tokens")
+
+
+@pytest.fixture(scope="session")
+def cancelled_generations() -> Callable[[EmbeddedTriton], list[tuple[str, int]]]:
+    """(model, tokens) of every generation a model stopped for a cancelled request, read from the server's
+    whole log file (the models log each one), oldest first."""
+
+    def read(server: EmbeddedTriton) -> list[tuple[str, int]]:
+        log = server.config.log_file
+        assert log is not None, "give the server a log_file"
+        text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+        return [(model, int(tokens)) for model, tokens in CANCELLED.findall(text)]
+
+    return read
 
 
 @pytest.fixture(scope="session")

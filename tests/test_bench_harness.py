@@ -4,22 +4,16 @@ batcher does (same answers), and CPU seconds are attributed to the real Triton m
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import cpu_time
+from benchmarks.in_process import BatchingVlm
 from navig.model_repository import contract
 from navig.model_repository.vlm_engine import TransformersVlm
 from navig.orchestrator.embedded_triton import EmbeddedTriton
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is not installed; `python -m pytest` from the root finds it
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import cpu_time  # noqa: E402
-from benchmarks.in_process import BatchingVlm  # noqa: E402
 
 
 @pytest.mark.timeout(300)

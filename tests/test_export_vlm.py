@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import threading
 import time
@@ -224,25 +223,23 @@ def test_cancelled_rows_stop_and_the_others_answer_as_alone(model_repository):
     assert never_started.cancelled and never_started.token_ids == []
 
 
-CANCELLED_LOG = re.compile(r"vlm: request cancelled, generation stopped after (\d+) tokens")
-
-
-def _stopped_after(server: EmbeddedTriton, seen: int) -> int:
-    """Tokens the next cancelled generation had when the model stopped it (waits for its log line)."""
+def _next_stop(read, server: EmbeddedTriton, seen: int) -> tuple[str, int]:
+    """The next generation the server's models stopped for a cancelled request (waits for its log line)."""
     for _ in range(600):
-        if len(stops := CANCELLED_LOG.findall(server.log_tail(400))) > seen:
-            return int(stops[-1])
+        if len(stops := read(server)) > seen:
+            return stops[seen]
         time.sleep(0.1)
     raise AssertionError("the model never reported the cancelled generation")
 
 
-def test_a_passed_deadline_cancels_the_generation_in_the_model(triton):
+def test_a_passed_deadline_cancels_the_generation_in_the_model(triton, cancelled_generations):
     """Without cancellation the model would generate all 4096 tokens for nobody."""
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    seen = len(CANCELLED_LOG.findall(triton.log_tail(400)))
+    seen = len(cancelled_generations(triton))
     with pytest.raises(InferenceServerException, match="Deadline"):
         client.infer(contract.VLM, vlm_inputs(PROMPT, parity_images()[0], 4096), client_timeout=0.3)
-    assert _stopped_after(triton, seen) < 4096
+    model, tokens = _next_stop(cancelled_generations, triton, seen)
+    assert model == contract.VLM and tokens < 4096
     assert served(client, contract.VLM, PROMPT, max_tokens=4)[0]  # and the model still serves
 
 
@@ -264,7 +261,9 @@ def _executions(client: grpcclient.InferenceServerClient, model: str) -> tuple[i
     return stats.execution_count, stats.inference_count
 
 
-def test_streaming_model_sends_pieces_that_add_up(demo_checkpoints: Path, tmp_path: Path):
+def test_streaming_model_sends_pieces_that_add_up(
+    demo_checkpoints: Path, tmp_path: Path, cancelled_generations
+):
     from navig.export.build import build
     from navig.export.spec import load_spec
 
@@ -284,7 +283,8 @@ def test_streaming_model_sends_pieces_that_add_up(demo_checkpoints: Path, tmp_pa
         build(spec, progress)
     assert "decoupled: true" in (tmp_path / "repo" / contract.VLM / "config.pbtxt").read_text()
     pieces: list[tuple[list[int], str]] = []
-    with EmbeddedTriton(TritonConfig(tmp_path / "repo", ports=TritonPorts.free())) as server:
+    config = TritonConfig(tmp_path / "repo", ports=TritonPorts.free(), log_file=tmp_path / "triton.log")
+    with EmbeddedTriton(config) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         errors = []
 
@@ -305,7 +305,8 @@ def test_streaming_model_sends_pieces_that_add_up(demo_checkpoints: Path, tmp_pa
         client.async_stream_infer(contract.VLM, vlm_inputs(PROMPT, parity_images()[0], 4096))
         assert first_piece.wait(timeout=120)
         client.stop_stream(cancel_requests=True)
-        assert _stopped_after(server, 0) < 4096
+        model, tokens = _next_stop(cancelled_generations, server, 0)
+        assert model == contract.VLM and tokens < 4096
     expected = TransformersVlm(tmp_path / "repo" / contract.VLM / "1" / "weights").generate(PROMPT, None, 128)
     assert len(pieces) > 1
     assert [t for ids, _ in pieces for t in ids] == expected.token_ids

@@ -9,20 +9,13 @@ and detector); a handful of valid images run the whole of it.
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import pytest
 
+from benchmarks import fuzz, fuzz_cases
+from benchmarks.fuzz_cases import INVALID, OK, Case
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.server import OrchestratorThread
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is not installed; `python -m pytest` from the root finds it
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import fuzz, fuzz_cases  # noqa: E402
-from benchmarks.fuzz_cases import INVALID, OK, Case  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow: "Corrupt EXIF data", expected
 SEED, CASES, FULL_PIPELINE = 7, 300, 5

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import re
 import socket
 import struct
 import subprocess
@@ -165,7 +164,9 @@ def test_one_millisecond_deadline_is_exceeded_and_the_server_stays_healthy(
         assert_well_formed(client.locate_proto(sample_bytes(samples[0]), FAST))
 
 
-def test_the_orchestrators_deadline_and_cancellation_stop_generations_inside_triton(triton):
+def test_the_orchestrators_deadline_and_cancellation_stop_generations_inside_triton(
+    triton, cancelled_generations
+):
     """The orchestrator's door to Triton (`TritonModels`), as the pipeline uses it: a REASONER call whose
     deadline passes, and a `vlm` call whose task is cancelled (the client hung up), each stop generating
     inside the model (it logs the cancelled generation) instead of running 4096 tokens for nobody."""
@@ -176,8 +177,7 @@ def test_the_orchestrators_deadline_and_cancellation_stop_generations_inside_tri
     from navig.orchestrator.triton_client import TritonModels
 
     image, prompt = parity_images()[0], "Describe this photo in detail."  # no early EOS with these weights
-    cancelled = re.compile(r"(\w+): request cancelled, generation stopped after (\d+) tokens")
-    seen = len(cancelled.findall(triton.log_tail(400)))
+    seen = len(cancelled_generations(triton))
 
     async def run() -> None:
         models = TritonModels(triton.grpc_url, Metrics(), 2**25)
@@ -189,16 +189,16 @@ def test_the_orchestrators_deadline_and_cancellation_stop_generations_inside_tri
         with pytest.raises(DeadlineExceeded):
             await answer("reasoner", 1.0)
         hung_up = asyncio.create_task(answer("vlm", 60.0))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.0)  # long enough to reach the model, far from 4096 tokens
         hung_up.cancel()
         with pytest.raises(asyncio.CancelledError):
             await hung_up
         await models.close()
 
     asyncio.run(run())
-    _wait_for(lambda: len(cancelled.findall(triton.log_tail(400))) >= seen + 2, timeout_s=60)
-    stops = dict(cancelled.findall(triton.log_tail(400))[seen:])
-    assert set(stops) == {"reasoner", "vlm"} and all(int(n) < 4096 for n in stops.values())
+    _wait_for(lambda: len(cancelled_generations(triton)) >= seen + 2, timeout_s=60)
+    stops = dict(cancelled_generations(triton)[seen:])
+    assert set(stops) == {"reasoner", "vlm"} and all(tokens < 4096 for tokens in stops.values())
 
 
 def _png_header_only(width: int, height: int) -> bytes:

@@ -3,7 +3,6 @@ per prompt, CLIP reloaded per guidebook look-up, one VLM generation per referenc
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,15 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.navig_baseline import NavigBaseline, pipeline
+from benchmarks.navig_baseline.pipeline import HOUSES_DESCRIBED, STEPS
 from navig.export.samples import SAMPLES_DIR, Sample
 from navig.orchestrator.tools.gazetteer.index import GazetteerIndex
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is not installed; `python -m pytest` from the root finds it
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.navig_baseline import NavigBaseline, pipeline  # noqa: E402
-from benchmarks.navig_baseline.pipeline import HOUSES_DESCRIBED, STEPS  # noqa: E402
 
 
 def _counting(calls: dict[str, int], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,23 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
+from benchmarks import soak
 from navig.export.samples import SAMPLES_DIR, Sample
 from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.embedded_triton import EmbeddedTriton
 from navig.orchestrator.server import OrchestratorThread
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is not installed; `python -m pytest` from the root finds it
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import soak  # noqa: E402
 
 STUB = "/opt/triton/backends/python/triton_python_backend_stub"
 
