@@ -3,8 +3,9 @@
 The value types are the orchestrator's own (`navig.orchestrator.results`): one definition of a
 location or a piece of evidence on both sides of the wire.
 
-`LocateResult.from_proto` is the only place that reads the wire messages; everything in the client
-(`navig locate`, `navig eval`, `navig profile`) works on these.
+`LocateResult.from_proto` reads the wire messages with `navig.orchestrator.wire` (the one module that
+converts both ways); everything in the client (`navig locate`, `navig eval`, `navig profile`) works on
+these.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from navig.orchestrator import wire
 from navig.orchestrator.api import geolocator_pb2 as pb
-from navig.orchestrator.results import Component, Degradation, Evidence, Location, StageTiming
+from navig.orchestrator.results import Degradation, Evidence, Location, StageTiming
 
-COMPONENTS = {getattr(pb, c.name): c.value for c in Component}  # wire enum -> "vlm_guesser", ...
-__all__ = ["COMPONENTS", "Degradation", "Evidence", "LocateResult", "Location", "StageTiming"]
+__all__ = ["Degradation", "Evidence", "LocateResult", "Location", "StageTiming"]
 
 
 @dataclass(frozen=True)
@@ -36,20 +37,14 @@ class LocateResult:
 
     @classmethod
     def from_proto(cls, response: pb.LocateResponse) -> LocateResult:
-        loc = response.location
-        location = (
-            Location(loc.country, loc.country_code, loc.city, loc.latitude, loc.longitude, loc.confidence)
-            if response.answered_by != pb.NONE and loc.country_code
-            else None
-        )
         return cls(
-            location=location,
-            answered_by=COMPONENTS.get(response.answered_by, "unspecified"),
+            location=wire.location_from_proto(response),
+            answered_by=wire.component_name(response.answered_by),
             reasoning=response.reasoning,
-            evidence=[evidence_from_proto(e) for e in response.evidence],
-            timings=[StageTiming(t.stage, t.start_ms, t.duration_ms) for t in response.timings],
+            evidence=[wire.evidence_from_proto(e) for e in response.evidence],
+            timings=[wire.timing_from_proto(t) for t in response.timings],
             models={m.name: m.version for m in response.models},
-            degraded=[Degradation(d.component, d.reason) for d in response.degraded],
+            degraded=[wire.degradation_from_proto(d) for d in response.degraded],
             reasons=list(response.reasons),
             request_id=response.request_id,
             guesser_output=response.guesser_output,
@@ -65,11 +60,3 @@ class LocateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def evidence_from_proto(e: pb.Evidence) -> Evidence:
-    return Evidence(
-        e.tool, e.query, e.result, e.source, e.score, e.country_code,
-        e.latitude if e.HasField("latitude") else None,
-        e.longitude if e.HasField("longitude") else None,
-    )  # fmt: skip

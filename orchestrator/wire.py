@@ -1,4 +1,9 @@
-"""Pipeline results <-> `navig.v1` protobuf messages: the only module that knows both."""
+"""Pipeline results <-> `navig.v1` protobuf messages, both directions: the only module that knows both.
+
+The server writes responses with `response`/`event`; the client reads them back into the same value
+types (`navig.orchestrator.results`) with the `*_from_proto` functions. Light on purpose (protobuf
+and dataclasses only): the client imports it without the serving stack.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from navig.orchestrator.results import (
     Degradation,
     Event,
     Evidence,
+    Location,
     Outcome,
     ReasoningDelta,
     StageTiming,
@@ -20,6 +26,7 @@ COMPONENTS = {
     Component.EVIDENCE_GUESSER: pb.EVIDENCE_GUESSER,
     Component.NONE: pb.NONE,
 }
+_COMPONENT_NAMES = {wire: component.value for component, wire in COMPONENTS.items()}
 
 
 def evidence(item: Evidence) -> pb.Evidence:
@@ -68,3 +75,35 @@ def response(
 
 def _degradation(item: Degradation) -> pb.Degradation:
     return pb.Degradation(component=item.component, reason=item.reason)
+
+
+# --- reading: protobuf -> the same value types ------------------------------------------------------
+
+
+def component_name(value: int) -> str:
+    """The wire enum as "vlm_guesser", "evidence_guesser" or "none" ("unspecified" for anything else)."""
+    return _COMPONENT_NAMES.get(value, "unspecified")
+
+
+def location_from_proto(response: pb.LocateResponse) -> Location | None:
+    """None when no component placed the photo."""
+    loc = response.location
+    if response.answered_by == pb.NONE or not loc.country_code:
+        return None
+    return Location(loc.country, loc.country_code, loc.city, loc.latitude, loc.longitude, loc.confidence)
+
+
+def evidence_from_proto(e: pb.Evidence) -> Evidence:
+    return Evidence(
+        e.tool, e.query, e.result, e.source, e.score, e.country_code,
+        e.latitude if e.HasField("latitude") else None,
+        e.longitude if e.HasField("longitude") else None,
+    )  # fmt: skip
+
+
+def timing_from_proto(t: pb.StageTiming) -> StageTiming:
+    return StageTiming(t.stage, t.start_ms, t.duration_ms)
+
+
+def degradation_from_proto(d: pb.Degradation) -> Degradation:
+    return Degradation(d.component, d.reason)

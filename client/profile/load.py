@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from navig.client.geolocator import MAX_MESSAGE_BYTES
-from navig.client.results import COMPONENTS
+from navig.orchestrator import wire
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.api import geolocator_pb2_grpc as pb_grpc
 
@@ -163,5 +163,5 @@ class GeolocatorTarget:
         stages: dict[str, float] = {}
         for timing in result.timings:
             stages[timing.stage] = stages.get(timing.stage, 0.0) + timing.duration_ms
-        answered_by = COMPONENTS.get(result.answered_by, "unspecified")
+        answered_by = wire.component_name(result.answered_by)
         return Sample(started, latency, "OK", ttfe, ttft, stages, result.total_ms, answered_by)
