@@ -89,15 +89,14 @@ class TritonPythonModel:
             )
         except Exception as exc:
             return [backend.error_response(f"generation failed: {exc}")] * len(rows)
-        for g in generations:
-            if g.cancelled:
-                self._log_cancelled(g)
-        return [backend.cancelled_response() if g.cancelled else _response(g) for g in generations]
+        return [self._cancelled(g) if g.cancelled else _response(g) for g in generations]
 
-    def _log_cancelled(self, generation: Generation) -> None:
+    def _cancelled(self, generation: Generation) -> Any:
+        """CANCELLED for a generation stopped because its caller gave up; logged for operators and tests."""
         pb_utils.Logger.log_info(
             f"{self.name}: request cancelled, generation stopped after {len(generation.token_ids)} tokens"
         )
+        return backend.cancelled_response()
 
     def _serve_stream(self, request: Any) -> None:
         """Decoupled: one request at a time, one response per new piece of text (not batched)."""
@@ -147,8 +146,7 @@ class TritonPythonModel:
         cancelled = sender.is_cancelled
         for piece in self.engine.stream(row.prompt, row.image, row.max_tokens, row.json_schema, cancelled):
             if piece.cancelled:
-                self._log_cancelled(piece)
-                sender.send(backend.cancelled_response(), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                sender.send(self._cancelled(piece), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 return
             sender.send(_response(piece))
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
