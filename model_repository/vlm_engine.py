@@ -1,8 +1,9 @@
 """Qwen2-VL generation with transformers on merged weights (the cpu profile's VLM engine).
 
-The gpu profile swaps in `vlm_trtllm.TrtLlmVlm` behind the same two methods. Prompt assembly
-is here once, so the Triton model, the exporter's checks and the tests all build the same
-inputs: the checkpoint's own chat template, with the image placeholder expanded to the number
+`TransformersVlm` implements `vlm_api.VlmEngine`; the gpu profile swaps in `vlm_trtllm.TrtLlmVlm`
+behind the same protocol. Model inputs are assembled here once (`VlmInputs`), so the Triton
+model, the exporter's checks and the tests all build the same inputs: `vlm_api.chat_prompt`
+through the checkpoint's own chat template, with the image placeholder expanded to the number
 of merged vision patches as Qwen2-VL's processor does.
 """
 
@@ -10,8 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from queue import Queue
 
@@ -29,19 +29,14 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-# Asks whether the request a row belongs to was cancelled (the caller gave up, or its deadline passed).
-IsCancelled = Callable[[], bool]
-
-
-def never_cancelled() -> bool:
-    return False
-
-
-@dataclass(frozen=True)
-class Generation:
-    token_ids: list[int]
-    text: str
-    cancelled: bool = False  # stopped because its request was cancelled: the text is partial, nobody wants it
+# Generation, IsCancelled and never_cancelled live in vlm_api; benchmarks still import them from here.
+from navig.model_repository.vlm_api import (
+    Generation,
+    IsCancelled,
+    chat_prompt,
+    never_cancelled,
+    unusable_schema,
+)
 
 
 class VlmInputs:
@@ -55,11 +50,7 @@ class VlmInputs:
         self.merge_area = merge_size**2
 
     def __call__(self, prompt: str, image: np.ndarray | None) -> dict[str, torch.Tensor]:
-        content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
-        content.append({"type": "text", "text": prompt})
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
+        text = chat_prompt(self.tokenizer, prompt, image is not None)
         vision: dict[str, torch.Tensor] = {}
         if image is not None:
             vision = dict(self.image_processor(images=[image], return_tensors="pt"))
@@ -255,7 +246,7 @@ class TransformersVlm:
         try:
             return self._grammars.compile_json_schema(json_schema, any_whitespace=False)
         except Exception as exc:  # xgrammar raises RuntimeError/ValueError for schemas it cannot compile
-            raise ValueError(f"json_schema is not a usable JSON schema: {exc}") from exc
+            raise unusable_schema(exc) from exc
 
     def _generate_into(
         self,

@@ -33,7 +33,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from navig.model_repository import backend, contract
-from navig.model_repository.vlm_engine import Generation
+from navig.model_repository.vlm_api import Generation, VlmEngine
 
 
 class TritonPythonModel:
@@ -44,6 +44,7 @@ class TritonPythonModel:
         weights = backend.version_dir(args) / params.get("weights", "weights")
         self.default_max_tokens = int(params.get("max_tokens", "128"))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self.engine: VlmEngine
         if params.get("engine", "transformers") == "tensorrt_llm":
             from navig.model_repository.vlm_trtllm import TrtLlmVlm
 

@@ -1,9 +1,13 @@
 """Qwen2-VL generation on TensorRT-LLM's LLM API (PyTorch backend): the gpu profile's VLM engine.
 
-Same methods as `vlm_engine.TransformersVlm`, so the Triton model and its contract do not
-change between profiles. Written against TensorRT-LLM's documented LLM API (`LLM`,
-`SamplingParams`, prompts with `multi_modal_data`); it cannot run without an NVIDIA GPU and the
-`tensorrt_llm` package, and it has not been run on a GPU by this project yet.
+Implements `vlm_api.VlmEngine` like `vlm_engine.TransformersVlm`, so the Triton model and its
+contract do not change between profiles. It imports nothing of the cpu engine (torch, xgrammar,
+transformers' Qwen2-VL processor): NVIDIA's TensorRT-LLM containers pin their own versions of
+those; `tensorrt_llm` and transformers' `AutoTokenizer` are imported when an engine is built.
+
+Written against TensorRT-LLM's documented LLM API (`LLM`, `SamplingParams`, prompts with
+`multi_modal_data`); it cannot run without an NVIDIA GPU and the `tensorrt_llm` package, and it
+has not been run on a GPU by this project yet.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from navig.model_repository.vlm_engine import Generation, IsCancelled, never_cancelled
+from navig.model_repository.vlm_api import (
+    Generation,
+    IsCancelled,
+    chat_prompt,
+    never_cancelled,
+    unusable_schema,
+)
 
 CANCEL_POLL_S = 0.05  # how often a waiting row asks whether its request was cancelled
 
@@ -56,12 +66,7 @@ class TrtLlmVlm:
         return self._sampling(max_tokens=max_new_tokens, temperature=0.0, top_k=1, guided_decoding=guided)
 
     def _prompt(self, prompt: str, image: np.ndarray | None) -> dict[str, Any]:
-        content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
-        content.append({"type": "text", "text": prompt})
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
-        request: dict[str, Any] = {"prompt": text}
+        request: dict[str, Any] = {"prompt": chat_prompt(self.tokenizer, prompt, image is not None)}
         if image is not None:
             request["multi_modal_data"] = {"image": [Image.fromarray(image)]}
         return request
@@ -94,13 +99,12 @@ class TrtLlmVlm:
                 if not result.finished and not result.aborted():
                     result.abort()
 
-    @staticmethod
-    def check_schema(json_schema: str) -> None:
+    def check_schema(self, json_schema: str) -> None:
         """Rejects what is not JSON before it joins a batch (the grammar is compiled in the LLM API)."""
         try:
             json.loads(json_schema)
         except ValueError as exc:
-            raise ValueError(f"json_schema is not a usable JSON schema: {exc}") from exc
+            raise unusable_schema(exc) from exc
 
     def stream(
         self,
