@@ -19,7 +19,9 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 # Each step reuses its output while a content hash of its inputs (checkpoint bytes, spec, navig
-# version and sources, library versions) matches the one recorded beside it.
+# version and sources, library versions) matches the one recorded beside it. The test session
+# (tests/conftest.py) builds these same two folders by the same rule (navig.export.outputs), so
+# `make demo` right after `make test` reuses its export.
 repository: install
 	$(BIN)/navig export demo-checkpoints --preset tiny --out $(CHECKPOINTS) $(EXPORT_ARGS)
 	$(BIN)/navig export build $(CHECKPOINTS)/export.yaml --out $(REPOSITORY) $(EXPORT_ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -14,6 +15,7 @@ from rich.table import Table
 from navig.export.errors import ExportError
 
 if TYPE_CHECKING:
+    from navig.export.build import BuildResult
     from navig.export.spec import ExportSpec
 
 app = typer.Typer(help="Turn checkpoints into a Triton model repository.", no_args_is_help=True)
@@ -34,24 +36,30 @@ def run_build(spec: ExportSpec, reuse: bool = False) -> None:
     from navig.export.build import build
     from navig.export.build import reuse as reused
     from navig.export.fingerprint import navig_version
+    from navig.export.outputs import reused_or_built
     from navig.export.repository import REPORT_FILE
 
+    def export() -> BuildResult:
+        quiet_transformers()
+        with _progress() as progress:
+            return build(spec, progress)
+
     started = time.perf_counter()
-    result = reused(spec) if reuse else None
-    recorded = "" if result is None else " (reused: figures as recorded)"
-    if result is not None:
+    try:
+        with reused_or_built(
+            spec.output, lambda: reused(spec), export, force=not reuse, waiting=lambda: _waiting(spec.output)
+        ) as shared:
+            assert shared is not None  # it waits
+            result, was_reused = shared
+    except ExportError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    recorded = " (reused: figures as recorded)" if was_reused else ""
+    if was_reused:
         console.print(
             f"[green]reused[/green] {spec.output}: exported from the same inputs (spec, checkpoint "
             f"bytes, navig {navig_version()} sources, library versions); --force exports again"
         )
-    else:
-        quiet_transformers()
-        try:
-            with _progress() as progress:
-                result = build(spec, progress)
-        except ExportError as exc:
-            errors.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from exc
     table = Table(title=f"{spec.profile} model repository: {result.repository}{recorded}")
     for column in ("model", "artifact", "size", "parity vs source (tolerance)", "seconds"):
         table.add_column(column)
@@ -65,6 +73,10 @@ def run_build(spec: ExportSpec, reuse: bool = False) -> None:
         f"{len(result.models)} models in {time.perf_counter() - started:.1f} s; "
         f"report, with what each figure compares ('check'): {result.repository / REPORT_FILE}"
     )
+
+
+def _waiting(output: Path) -> None:
+    console.print(f"waiting for {output}: a test session or another export is using it")
 
 
 def quiet_transformers() -> None:
@@ -145,17 +157,22 @@ def export_demo_checkpoints(
     They are seeded: a folder built for the same preset by the same navig sources and libraries,
     its files unchanged since (sha256), is reused."""
     from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints, reused_demo_checkpoints
+    from navig.export.outputs import reused_or_built
 
-    counts = None if force else reused_demo_checkpoints(out, preset)
-    if counts is not None:
+    def build() -> dict[str, int]:
+        quiet_transformers()
+        with console.status(f"building {preset} checkpoints..."):
+            return build_demo_checkpoints(out, preset)
+
+    reuse = partial(reused_demo_checkpoints, out, preset)
+    with reused_or_built(out, reuse, build, force=force, waiting=lambda: _waiting(out)) as shared:
+        assert shared is not None  # it waits
+        counts, was_reused = shared
+    if was_reused:
         console.print(
             f"[green]reused[/green] the {preset} checkpoints in {out}: same preset, navig sources and "
             "libraries, files unchanged; --force builds them again"
         )
-    else:
-        quiet_transformers()
-        with console.status(f"building {preset} checkpoints..."):
-            counts = build_demo_checkpoints(out, preset)
     table = Table(title=f"{preset} demo checkpoints in {out}")
     table.add_column("checkpoint")
     table.add_column("parameters", justify="right")

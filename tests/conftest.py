@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 from rich.progress import Progress
 
-from navig.export.build import build
-from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
+from navig.export.build import BuildResult, build, reuse
+from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints, reused_demo_checkpoints
+from navig.export.outputs import reused_or_built
 from navig.export.report import ArtifactReport
 from navig.export.samples import SAMPLES_DIR, Sample, load_samples
 from navig.export.spec import load_spec
@@ -26,23 +28,62 @@ def samples() -> list[Sample]:
     return load_samples(SAMPLES_DIR)
 
 
+# The folders `make repository` builds (`navig export demo-checkpoints --preset tiny`, `navig export
+# build`), relative to the checkout, not the cwd: `make demo` after `make test` reuses the session's.
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS = ROOT / "build" / "checkpoints"
+REPOSITORY = ROOT / "build" / "model_repository"
+
+
 @pytest.fixture(scope="session")
-def demo_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny demo checkpoints in build/checkpoints, reused under the rule of `make repository`
+    (`navig.export.outputs.reused_or_built`); built there when absent or stale, as on a fresh clone."""
+    with reused_or_built(
+        CHECKPOINTS,
+        partial(reused_demo_checkpoints, CHECKPOINTS, "tiny"),
+        partial(build_demo_checkpoints, CHECKPOINTS, "tiny"),
+        wait=False,
+    ) as shared:
+        if shared is not None:
+            yield CHECKPOINTS
+            return
     folder = tmp_path_factory.mktemp("checkpoints")
     build_demo_checkpoints(folder, "tiny")
-    return folder
+    yield folder
 
 
 @pytest.fixture(scope="session")
 def _export(
     demo_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, list[ArtifactReport]]:
-    """`navig export build` of the tiny checkpoints + PP-OCR for the cpu profile."""
-    repository = tmp_path_factory.mktemp("model_repository")
-    spec = load_spec(demo_checkpoints / SPEC_FILE).model_copy(update={"output": repository})
-    with Progress(disable=True) as progress:
-        result = build(spec, progress)
-    return repository, result.reports
+) -> Iterator[tuple[Path, list[ArtifactReport]]]:
+    """`navig export build` of the tiny checkpoints + PP-OCR for the cpu profile, in build/model_repository,
+    where `make demo` finds it.
+
+    Sharing it with `make repository` is safe because an export is reused only when the fingerprint
+    recorded in its report matches: the spec, the checkpoints' bytes, the navig version with the sha256
+    of the export and model_repository sources, the library versions (`navig.export.fingerprint`), and
+    every artifact the report lists is there with its recorded size (`navig.export.build.reuse`); the
+    checkpoints likewise (preset, sources, libraries, sha256 of every file). So a reused export and its
+    recorded reports are what this code would write now, and any edit to the exporter exports again. On a
+    fresh clone (CI) there is no build/: the session runs the real export, and the export tests check its
+    live figures. The session holds both folders with a shared lock: no other process (another session,
+    `make repository`) rewrites them meanwhile; if one holds them while they are stale, this session
+    exports its own copy into a tmp folder rather than wait. Tests only read them (a test that alters a
+    checkpoint or an artifact works on a copy), so they stay as `make demo` expects."""
+    spec = load_spec(demo_checkpoints / SPEC_FILE)
+
+    def export(output: Path) -> BuildResult:
+        with Progress(disable=True) as progress:
+            return build(spec.model_copy(update={"output": output}), progress)
+
+    reused = partial(reuse, spec.model_copy(update={"output": REPOSITORY}))
+    with reused_or_built(REPOSITORY, reused, partial(export, REPOSITORY), wait=False) as shared:
+        if shared is not None:
+            yield REPOSITORY, shared[0].reports
+            return
+    result = export(tmp_path_factory.mktemp("model_repository"))
+    yield result.repository, result.reports
 
 
 @pytest.fixture(scope="session")
