@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import statistics
 import time
@@ -33,10 +34,12 @@ from navig.model_repository.ocr_pipeline import OcrPipeline, OcrSettings
 from navig.model_repository.vlm_engine import Generation, TransformersVlm
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.metrics import Metrics
-from navig.orchestrator.pipeline import Pipeline, RunOptions
-from navig.orchestrator.searcher import Searcher, ToolSwitches
+from navig.orchestrator.options import RunOptions, server_defaults
+from navig.orchestrator.pipeline import Pipeline
+from navig.orchestrator.searcher.registry import create_tools
+from navig.orchestrator.searcher.search import Searcher
+from navig.orchestrator.searcher.tool import SearchTool
 from navig.orchestrator.settings import Settings, load_settings
-from navig.orchestrator.tools.setup import Tools, load_tools
 
 ONNX_MODELS = (contract.DETECTOR, contract.CLIP_IMAGE, contract.OCR_DET, contract.OCR_REC)
 
@@ -126,19 +129,20 @@ class BatchingVlm:
         return await done
 
 
-def in_process_pipeline(settings: Settings, repository: Path, tools: Tools) -> Pipeline:
+def in_process_pipeline(settings: Settings, repository: Path, tools: list[SearchTool]) -> Pipeline:
     models = LocalModels(repository)
     metrics = Metrics()
     searcher = Searcher(settings, models, metrics, tools)
     return Pipeline(settings, models, searcher, metrics)  # type: ignore[arg-type]
 
 
-def run_options(settings: Settings, max_new_tokens: int) -> RunOptions:
+def run_options(pipeline: Pipeline, max_new_tokens: int) -> RunOptions:
     """Every component on, as the served runs of the benchmark ask."""
-    switches = ToolSwitches(
-        ocr=True, map_search=True, guidebook=True, describer=True, max_new_tokens=max_new_tokens
+    defaults = server_defaults(pipeline.settings, pipeline.searcher.tools)
+    every_tool = frozenset(tool.name for tool in pipeline.searcher.tools)
+    return dataclasses.replace(
+        defaults, use_reasoner=True, use_vlm_guesser=True, tools=every_tool, max_new_tokens=max_new_tokens
     )
-    return RunOptions(True, switches, True, max_new_tokens)
 
 
 async def locate(pipeline: Pipeline, image: bytes, options: RunOptions) -> dict[str, float]:
@@ -165,8 +169,8 @@ def latency_summary(latencies_ms: list[float], seconds: float) -> dict[str, floa
 
 def measure(settings: Settings, repository: Path, images: list[bytes], tokens: int) -> dict:
     """One photo at a time after a warm-up: latency, throughput and CPU seconds per photo."""
-    pipeline = in_process_pipeline(settings, repository, load_tools(settings))
-    options = run_options(settings, tokens)
+    pipeline = in_process_pipeline(settings, repository, create_tools(settings))
+    options = run_options(pipeline, tokens)
 
     async def run() -> tuple[list[float], float, dict[str, float]]:
         await locate(pipeline, images[0], options)  # warm-up

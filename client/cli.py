@@ -12,6 +12,7 @@ from rich.markup import escape
 from tritonclient.utils import InferenceServerException
 
 from navig.client.eval.cli import eval_command
+from navig.client.gpu_check.cli import gpu_check_app
 from navig.client.images import ImageReadError, expand_paths, read_rgb
 from navig.client.locate import locate
 from navig.client.profile.cli import profile_app
@@ -52,6 +53,7 @@ app.add_typer(triton_app, name="triton")
 app.add_typer(gazetteer_app, name="gazetteer")
 app.add_typer(guidebook_app, name="guidebook")
 app.add_typer(profile_app, name="profile")
+app.add_typer(gpu_check_app, name="gpu-check")
 app.command("serve")(serve_geolocator)
 app.command()(locate)
 app.command("eval")(eval_command)

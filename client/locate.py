@@ -34,6 +34,7 @@ from navig.client.images import ImageReadError, expand_paths
 from navig.client.results import LocateResult
 from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
+from navig.orchestrator.searcher import registry
 
 
 class Exit(IntEnum):
@@ -92,10 +93,12 @@ def image_format(path: Path) -> str | None:
 
 
 def build_options(
-    max_new_tokens: int | None, disabled: set[str], no_reasoning: bool, no_evidence: bool
+    max_new_tokens: int | None, disabled: set[str], skip: list[str], no_reasoning: bool, no_evidence: bool
 ) -> pb.LocateOptions:
     """Only what the user switched: every unset field keeps the server's setting."""
     fields: dict[str, Any] = dict.fromkeys(disabled, False)
+    if skip:
+        fields["tools"] = dict.fromkeys(skip, False)
     if max_new_tokens is not None:
         fields["max_new_tokens"] = max_new_tokens
     if no_reasoning:
@@ -143,9 +146,13 @@ def locate(
     ] = None,
     no_reasoner: Annotated[bool, typer.Option("--no-reasoner", help="Skip the REASONER.")] = False,
     no_vlm_guesser: Annotated[bool, typer.Option("--no-vlm-guesser", help="Evidence guesser only.")] = False,
-    no_describer: Annotated[bool, typer.Option("--no-describer", help="Skip the crop describer.")] = False,
-    no_guidebook: Annotated[bool, typer.Option("--no-guidebook", help="Skip the guidebook search.")] = False,
-    no_map: Annotated[bool, typer.Option("--no-map", help="Skip the map search.")] = False,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="TOOL",
+            help=f"Skip a SEARCHER tool ({', '.join(registry.names())} or a server plugin); repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Locate IMAGES with a running Geolocator (`navig serve`).
 
@@ -174,16 +181,9 @@ def locate(
     except (InputError, OSError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(Exit.USAGE) from None
-    switches = {
-        "use_reasoner": no_reasoner,
-        "use_vlm_guesser": no_vlm_guesser,
-        "use_describer": no_describer,
-        "use_guidebook": no_guidebook,
-        "use_map_search": no_map,
-    }
-    options = build_options(
-        max_new_tokens, {k for k, off in switches.items() if off}, no_reasoning, no_evidence
-    )
+    switches = {"use_reasoner": no_reasoner, "use_vlm_guesser": no_vlm_guesser}
+    disabled = {k for k, off in switches.items() if off}
+    options = build_options(max_new_tokens, disabled, skip or [], no_reasoning, no_evidence)
     view = {"reasoning": not no_reasoning, "evidence": not no_evidence}
     worst = Exit.OK
     try:

@@ -10,6 +10,7 @@ MIN_IMAGE_SIDE = 28  # Qwen2-VL's smallest patch grid (2 x 14 px)
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses longer, thinner images
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")  # what the Geolocator decodes
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # files of those formats, as the client finds them
+DETECTOR_MAX_SIDE = 1280  # photos are downscaled to this before `detector`: its TensorRT profiles' max
 GEOLOCATOR_SERVICE = "navig.v1.Geolocator"  # the gRPC service, and its name in gRPC health checks
 
 OCR = "ocr"  # one RGB image -> text lines
@@ -49,6 +50,7 @@ CLIP_EMBEDDINGS = "embeddings"  # float32 [N, D]
 REASONER = "reasoner"
 VLM = "vlm"
 VLM_MODELS = (REASONER, VLM)
+MODELS = (*OCR_MODELS, DETECTOR, CLIP_IMAGE, CLIP_TEXT, *VLM_MODELS)  # every model a repository holds
 # One generation per request; every tensor has Triton's batch dimension of 1 in front (dynamic
 # batching groups concurrent requests into one batched generate).
 VLM_PROMPT = "prompt"  # bytes [1, 1]: the user turn; the model applies the checkpoint's chat template

@@ -22,7 +22,6 @@ from navig.orchestrator.embedded_triton import (
 )
 from navig.orchestrator.security import check_exposure, metrics_bind_host
 from navig.orchestrator.settings import Settings, SettingsError, load_settings
-from navig.orchestrator.tools.gazetteer.cli import open_with_progress
 from navig.orchestrator.tools.gazetteer.index import GazetteerError
 from navig.orchestrator.tools.guidebook.entries import GuidebookError
 from navig.orchestrator.triton_supervisor import RestartPolicy, TritonGaveUp, TritonSupervisor
@@ -147,16 +146,12 @@ def serve_geolocator(
 
 
 def prepare_tools(settings: Settings, model_repository: Path | None, console: Console) -> Settings:
-    """Builds what the tools need before serving, with progress shown: the gazetteer index, and,
-    when no guidebook is configured, the default guidebook embedded with this repository's CLIP."""
-    if settings.use_map_search and settings.map_backend == "gazetteer":
-        open_with_progress(settings.gazetteer_dir, console)
-    if settings.use_guidebook and settings.guidebook_dir is None and model_repository is not None:
-        from navig.orchestrator.tools.guidebook.build import ensure_default_guidebook  # needs faiss
+    """What the tools build once before serving, with progress shown (the gazetteer index, the default
+    guidebook embedded with this repository's CLIP, a plugin's own)."""
+    from navig.orchestrator.searcher.registry import registered
 
-        with console.status("embedding the default guidebook with the repository's CLIP (once)..."):
-            guidebook = ensure_default_guidebook(model_repository)
-        settings = settings.model_copy(update={"guidebook_dir": guidebook})
+    for tool in registered():
+        settings = tool.prepare(settings, model_repository, console)
     return settings
 
 

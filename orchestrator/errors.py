@@ -25,3 +25,11 @@ class Overloaded(PipelineError):
 
 class InvalidInput(PipelineError):
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The failure that tells the story of a TaskGroup: its first; the others were cancelled by it."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -7,6 +7,7 @@ so in `answered_by` and lists the VLM's rejection under `degraded`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,13 +20,12 @@ from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailab
 from navig.orchestrator.geo import haversine_km
 from navig.orchestrator.models import Models
 from navig.orchestrator.results import Component, Degradation, Location
-from navig.orchestrator.searcher import Findings
+from navig.orchestrator.searcher.search import Findings
 
 # Confidence of a valid VLM answer: the model states none, so it is read off agreement with the evidence.
 VLM_AGREES_CITY_KM = 25.0
 VLM_CONFIDENCE = {"city": 0.9, "country": 0.7, "alone": 0.5, "disagrees": 0.3}
 EVIDENCE_LINES = 24  # evidence lines the GUESSER prompt carries, most useful tools first
-TOOL_ORDER = ("map", "ocr", "language", "guidebook", "describer")
 
 
 @dataclass
@@ -44,12 +44,14 @@ async def decide(
     findings: Findings,
     use_vlm: bool,
     deadline: Deadline,
+    evidence_order: Sequence[str],
 ) -> Verdict:
+    """`evidence_order`: the SEARCHER tools whose evidence the prompt carries, most useful first."""
     fallback = evidence_guesser.guess(findings.places, findings.country_prior, findings.guide_hits)
     verdict = _from_evidence(fallback)
     if not use_vlm:
         return verdict
-    prompt = prompts.guesser_prompt(reasoning, evidence_lines(findings))
+    prompt = prompts.guesser_prompt(reasoning, evidence_lines(findings, evidence_order))
     try:
         # the grammar bounds the answer's length: with this budget the JSON always completes
         pieces = models.generate(
@@ -71,11 +73,9 @@ async def decide(
     )
 
 
-def evidence_lines(findings: Findings) -> list[str]:
-    ranked = sorted(
-        (e for e in findings.evidence if e.tool in TOOL_ORDER),
-        key=lambda e: (TOOL_ORDER.index(e.tool), -e.score),
-    )
+def evidence_lines(findings: Findings, order: Sequence[str]) -> list[str]:
+    rank = {tool: i for i, tool in enumerate(order)}
+    ranked = sorted((e for e in findings.evidence if e.tool in rank), key=lambda e: (rank[e.tool], -e.score))
     return [f"{e.tool}: {e.query} -> {e.result}" for e in ranked[:EVIDENCE_LINES]]
 
 

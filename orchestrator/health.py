@@ -1,4 +1,5 @@
-"""gRPC health follows Triton: SERVING only while every model the pipeline needs is ready.
+"""gRPC health follows Triton: SERVING only while every model the pipeline needs is ready, on each
+Triton server it is routed to.
 
 Polled, not event-driven: Triton has no push notification, and a one-second poll is far below
 the time a load balancer needs to react. Once Triton is back, the same client reconnects and
@@ -14,14 +15,14 @@ from collections.abc import Sequence
 from grpc_health.v1 import health, health_pb2
 
 from navig.model_repository import contract
-from navig.orchestrator.triton_client import TritonModels
+from navig.orchestrator.triton_routes import TritonRoutes
 
 SERVICE = contract.GEOLOCATOR_SERVICE
 log = logging.getLogger("navig.health")
 
 
 class TritonHealth:
-    def __init__(self, triton: TritonModels, models: Sequence[str], poll_s: float) -> None:
+    def __init__(self, triton: TritonRoutes, models: Sequence[str], poll_s: float) -> None:
         self.servicer = health.aio.HealthServicer()
         self.triton = triton
         self.models = list(models)
@@ -35,7 +36,8 @@ class TritonHealth:
         if ready and not self.serving:
             self.versions = await self.triton.versions(self.models)
         if ready != self.serving:
-            log.info("triton %s", "ready" if ready else "down", extra={"fields": {"models": self.models}})
+            fields = {"models": self.models, "down": self.triton.down}
+            log.info("triton %s", "ready" if ready else "down", extra={"fields": fields})
         self.serving = ready
         states = health_pb2.HealthCheckResponse
         status = states.SERVING if ready else states.NOT_SERVING

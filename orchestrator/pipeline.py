@@ -8,51 +8,40 @@ passes or the client goes away every call still running is cancelled, none is le
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import numpy as np
 
 from navig.model_repository import contract
 from navig.orchestrator import guesser, prompts
 from navig.orchestrator.deadline import Deadline
-from navig.orchestrator.errors import DeadlineExceeded, InvalidInput
+from navig.orchestrator.errors import DeadlineExceeded, InvalidInput, first_error
 from navig.orchestrator.images import ImageRejected, decode_image, downscale
 from navig.orchestrator.metrics import Metrics
+from navig.orchestrator.models import Models
+from navig.orchestrator.options import RunOptions, server_defaults
 from navig.orchestrator.results import Emit, Outcome, ReasoningDelta
-from navig.orchestrator.searcher import Findings, Searcher, ToolSwitches
+from navig.orchestrator.searcher.search import Findings, Searcher
 from navig.orchestrator.settings import Settings
 from navig.orchestrator.timeline import Timeline
-from navig.orchestrator.triton_client import TritonModels
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The request's switches, already merged with the server's settings."""
-
-    use_reasoner: bool
-    tools: ToolSwitches
-    use_vlm_guesser: bool
-    max_new_tokens: int
 
 
 class Pipeline:
-    def __init__(
-        self, settings: Settings, triton: TritonModels, searcher: Searcher, metrics: Metrics
-    ) -> None:
+    def __init__(self, settings: Settings, models: Models, searcher: Searcher, metrics: Metrics) -> None:
         self.settings = settings
-        self.triton = triton
+        self.models = models
         self.searcher = searcher
         self.metrics = metrics
 
     def required_models(self) -> list[str]:
-        """The Triton models the server's default configuration calls: health depends on them."""
-        s = self.settings
+        """The Triton models a request that sets no option calls: health depends on them."""
+        defaults = server_defaults(self.settings, self.searcher.tools)
         models = [contract.DETECTOR]
-        models += [contract.OCR] if s.use_ocr else []
-        models += [contract.CLIP_IMAGE] if s.use_guidebook and self.searcher.guidebook is not None else []
-        models += [contract.REASONER] if s.use_reasoner else []
-        models += [contract.VLM] if s.use_describer or s.use_vlm_guesser else []
-        return models
+        for tool in self.searcher.tools:
+            if tool.name in defaults.tools:
+                models += tool.models
+        models += [contract.REASONER] if defaults.use_reasoner else []
+        models += [contract.VLM] if defaults.use_vlm_guesser else []
+        return list(dict.fromkeys(models))
 
     async def run(
         self, data: bytes, options: RunOptions, deadline: Deadline, emit: Emit, accepted: float | None = None
@@ -76,7 +65,13 @@ class Pipeline:
                 )
                 with timeline.stage("guesser"):
                     verdict = await guesser.decide(
-                        self.triton, vlm_view, reasoning, findings, options.use_vlm_guesser, deadline
+                        self.models,
+                        vlm_view,
+                        reasoning,
+                        findings,
+                        options.use_vlm_guesser,
+                        deadline,
+                        self.searcher.evidence_order(),
                     )
         except TimeoutError:
             raise DeadlineExceeded("deadline exceeded") from None
@@ -99,9 +94,9 @@ class Pipeline:
             async with asyncio.TaskGroup() as tasks:
                 reasoning = tasks.create_task(self._reason(vlm_view, options, deadline, timeline, emit))
                 with timeline.stage("searcher"):
-                    findings = await self.searcher.run(image, options.tools, deadline, timeline, emit)
+                    findings = await self.searcher.run(image, options, deadline, timeline, emit)
         except BaseExceptionGroup as group:  # the first failure tells the story; the rest were cancelled
-            raise _first(group) from None
+            raise first_error(group) from None
         return reasoning.result(), findings
 
     async def _reason(
@@ -111,18 +106,12 @@ class Pipeline:
             return ""
         text = []
         with timeline.stage("reasoner"):
-            async for piece in self.triton.generate(
+            async for piece in self.models.generate(
                 contract.REASONER, prompts.REASONER, deadline, image, options.max_new_tokens
             ):
                 text.append(piece)
                 emit(ReasoningDelta(piece))
         return "".join(text)
-
-
-def _first(group: BaseExceptionGroup) -> BaseException:
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group
 
 
 def _loop_time(deadline: Deadline) -> float:

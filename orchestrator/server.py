@@ -23,7 +23,9 @@ from navig.orchestrator.api import geolocator_pb2_grpc as pb_grpc
 from navig.orchestrator.health import TritonHealth
 from navig.orchestrator.metrics import Metrics
 from navig.orchestrator.pipeline import Pipeline
-from navig.orchestrator.searcher import Searcher
+from navig.orchestrator.searcher.registry import create_tools
+from navig.orchestrator.searcher.search import Searcher
+from navig.orchestrator.searcher.tool import SearchTool
 from navig.orchestrator.security import (
     BearerTokenInterceptor,
     check_exposure,
@@ -33,14 +35,14 @@ from navig.orchestrator.security import (
 )
 from navig.orchestrator.service import GeolocatorService
 from navig.orchestrator.settings import Settings
-from navig.orchestrator.tools.setup import Tools, load_tools
-from navig.orchestrator.triton_client import TritonModels
+from navig.orchestrator.tools.countries import capitals
+from navig.orchestrator.triton_routes import TritonRoutes
 
 log = logging.getLogger("navig.server")
 
 
 class Orchestrator:
-    def __init__(self, settings: Settings, tools: Tools | None = None) -> None:
+    def __init__(self, settings: Settings, tools: list[SearchTool] | None = None) -> None:
         self.settings = settings
         self.tools = tools
         self.metrics = Metrics()
@@ -55,8 +57,11 @@ class Orchestrator:
         check_exposure(s)  # before anything slow: an unsafe bind is a settings error
         tokens = load_tokens(s)
         credentials = server_credentials(s)
-        self.tools = tools = self.tools or await asyncio.to_thread(load_tools, s)
-        self.triton = TritonModels(s.triton_url, self.metrics, s.max_message_bytes)
+        self.tools = tools = (
+            self.tools if self.tools is not None else await asyncio.to_thread(create_tools, s)
+        )
+        await asyncio.to_thread(capitals)  # the evidence guesser's fallback coordinates, read once
+        self.triton = TritonRoutes(s.triton_url, s.triton_routes, self.metrics, s.max_message_bytes)
         searcher = Searcher(s, self.triton, self.metrics, tools)
         pipeline = Pipeline(s, self.triton, searcher, self.metrics)
         self.health = TritonHealth(self.triton, pipeline.required_models(), s.health_poll_s)
@@ -108,8 +113,8 @@ class Orchestrator:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
             await self.triton.close()
-        if self.tools is not None and self.tools.map_search is not None:
-            await self.tools.map_search.aclose()
+        for tool in self.tools or ():
+            await tool.aclose()
         self.metrics.close()
 
     async def wait(self) -> None:
@@ -120,7 +125,7 @@ class Orchestrator:
 class OrchestratorThread:
     """An Orchestrator on its own event loop in a daemon thread; `with` starts and stops it."""
 
-    def __init__(self, settings: Settings, tools: Tools | None = None) -> None:
+    def __init__(self, settings: Settings, tools: list[SearchTool] | None = None) -> None:
         self.orchestrator = Orchestrator(settings, tools)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="orchestrator", daemon=True)

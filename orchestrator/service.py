@@ -15,20 +15,19 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from navig.model_repository import contract
 from navig.orchestrator import wire
 from navig.orchestrator.admission import Admission
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.api import geolocator_pb2_grpc as pb_grpc
 from navig.orchestrator.deadline import Deadline
-from navig.orchestrator.errors import InvalidInput, PipelineError, Unavailable
+from navig.orchestrator.errors import PipelineError, Unavailable
 from navig.orchestrator.health import TritonHealth
 from navig.orchestrator.logs import request_context
 from navig.orchestrator.metrics import Metrics
-from navig.orchestrator.pipeline import Pipeline, RunOptions
+from navig.orchestrator.options import RunOptions, run_options
+from navig.orchestrator.pipeline import Pipeline
 from navig.orchestrator.prompts import PROMPTS_VERSION
 from navig.orchestrator.results import Event, Evidence, Outcome, ReasoningDelta
-from navig.orchestrator.searcher import ToolSwitches
 from navig.orchestrator.settings import Settings
 
 log = logging.getLogger("navig.service")
@@ -131,6 +130,7 @@ class _Call:
         self.request_id = request.request_id or uuid.uuid4().hex[:16]
         self.started = time.perf_counter()
         self.status = "OK"
+        self.options: RunOptions  # set by admit()
         remaining = context.time_remaining()
         self.deadline = Deadline.after(
             remaining if remaining is not None else service.settings.default_timeout_s
@@ -138,43 +138,25 @@ class _Call:
 
     def admit(self) -> RunOptions:
         """The request's options merged with the settings; refuses at once when Triton is not ready."""
-        if not self.service.health.serving:
-            raise Unavailable(f"Triton at {self.service.pipeline.triton.url} is not ready; retry later")
-        o, s = self.request.options, self.service.settings
-
-        def pick(name: str) -> bool:
-            return getattr(o, name) if o.HasField(name) else getattr(s, name)
-
-        max_new_tokens = o.max_new_tokens if o.HasField("max_new_tokens") else s.max_new_tokens
-        if not 1 <= max_new_tokens <= contract.MAX_NEW_TOKENS:
-            raise InvalidInput(
-                f"max_new_tokens must be in 1..{contract.MAX_NEW_TOKENS}, got {max_new_tokens}"
-            )
-        ocr = pick("use_ocr")
-        tools = ToolSwitches(
-            ocr=ocr,
-            map_search=ocr and pick("use_map_search"),
-            guidebook=pick("use_guidebook"),
-            describer=pick("use_describer"),
-            max_new_tokens=max_new_tokens,
-        )
-        return RunOptions(pick("use_reasoner"), tools, pick("use_vlm_guesser"), max_new_tokens)
+        service = self.service
+        if not service.health.serving:
+            down = ", ".join(service.health.triton.down) or service.settings.triton_url
+            raise Unavailable(f"Triton at {down} is not ready; retry later")
+        self.options = run_options(self.request.options, service.settings, service.pipeline.searcher.tools)
+        return self.options
 
     def wants(self, event: Event) -> bool:
-        options = self.request.options
         if isinstance(event, ReasoningDelta):
-            return not options.HasField("return_reasoning") or options.return_reasoning
+            return self.options.return_reasoning
         if isinstance(event, Evidence):
-            return not options.HasField("return_evidence") or options.return_evidence
+            return self.options.return_evidence
         return True
 
     def respond(self, outcome: Outcome) -> pb.LocateResponse:
-        options = self.request.options
         models = {**self.service.health.versions, "prompts": PROMPTS_VERSION}
         return wire.response(
             outcome, self.request_id, (time.perf_counter() - self.started) * 1000, models,
-            with_reasoning=not options.HasField("return_reasoning") or options.return_reasoning,
-            with_evidence=not options.HasField("return_evidence") or options.return_evidence,
+            with_reasoning=self.options.return_reasoning, with_evidence=self.options.return_evidence,
         )  # fmt: skip
 
     async def fail(self, exc: BaseException) -> None:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     metrics_port: int | None = Field(9464, ge=0, le=65535, description="Prometheus /metrics; None disables")
     triton_url: str = "127.0.0.1:8001"
+    triton_routes: dict[str, str] = Field(
+        default_factory=dict,
+        description="model -> gRPC URL of the Triton serving it (gpu: the VLMs' server); others: triton_url",
+    )
     max_message_bytes: int = Field(32 * 2**20, ge=2**16)
 
     # --- load control ----------------------------------------------------------------------
@@ -100,6 +104,9 @@ class Settings(BaseSettings):
     guidebook_dir: Path | None = Field(None, description="`navig guidebook build` output; None: none")
     guidebook_k: int = Field(3, ge=1)
     guidebook_threshold: float = Field(0.25, ge=-1, le=1)
+    tools: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="SEARCHER tools' own settings by tool name (docs/adding-a-tool.md)"
+    )
 
     # --- security --------------------------------------------------------------------------
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain; with tls_key_file: TLS")
@@ -116,6 +123,15 @@ class Settings(BaseSettings):
     # --- logs ------------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("triton_routes")
+    @classmethod
+    def _known_models(cls, routes: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(routes) - set(contract.MODELS))
+        if unknown:
+            models = ", ".join(contract.MODELS)
+            raise ValueError(f"no model named {', '.join(unknown)}; the models are {models}")
+        return routes
 
     @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file")
     @classmethod

@@ -329,14 +329,18 @@ def test_globs_token_env_and_switches(server: FakeServer, photos: list[Path]):
         "--json",
         "--max-new-tokens",
         "8",
-        "--no-map",
+        "--skip",
+        "map",
+        "--skip",
+        "ocr",
         "--no-evidence",
     ]
     result = navig_locate(*args, env={"NAVIG_TOKEN": "from-env"})
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(photos[0])]
     options = server.fake.requests[0].options
-    assert options.max_new_tokens == 8 and not options.use_map_search and not options.return_evidence
+    assert options.max_new_tokens == 8 and dict(options.tools) == {"map": False, "ocr": False}
+    assert not options.return_evidence and not options.HasField("use_map_search")
     assert server.fake.metadata[0]["authorization"] == "Bearer from-env"
 
 

@@ -12,9 +12,8 @@ from typer.testing import CliRunner
 
 from navig.client.cli import app
 from navig.export.samples import Sample
-from navig.orchestrator.evidence_guesser import guess
 from navig.orchestrator.geo import haversine_km
-from navig.orchestrator.tools.base import GuideHit, Place
+from navig.orchestrator.tools.base import Place
 from navig.orchestrator.tools.gazetteer.index import GazetteerError, GazetteerIndex
 from navig.orchestrator.tools.gazetteer.search import Gazetteer
 from navig.orchestrator.tools.language import LanguagePriorModel, country_weights
@@ -126,35 +125,3 @@ def test_cli_build_reports_an_unwritable_directory(tmp_path: Path):
     blocker.write_text("")
     result = CliRunner().invoke(app, ["gazetteer", "build", "--dir", str(blocker / "index")])
     assert result.exit_code == 1 and "cannot build the gazetteer" in result.output
-
-
-def place(name: str, country: str, score: float, lat: float = 0.0, lon: float = 0.0) -> Place:
-    return Place(name, country, lat, lon, score, name, source=f"test:{name}")
-
-
-def test_evidence_guesser_follows_the_map_and_explains_itself():
-    answer = guess(
-        [place("Köln", "DE", 0.9, 50.9, 6.9), place("Kolín", "CZ", 0.5)], {"DE": 1.0, "AT": 0.3}, []
-    )
-    assert answer is not None
-    assert (answer.country_code, answer.country, answer.city, answer.latitude) == (
-        "DE",
-        "Germany",
-        "Köln",
-        50.9,
-    )
-    assert 0.5 < answer.confidence <= 1 and any("Köln" in r for r in answer.reasons)
-
-
-def test_evidence_guesser_without_places_answers_the_capital_with_low_confidence():
-    answer = guess([], {"PL": 1.0}, [])
-    assert answer is not None and (answer.country_code, answer.city) == ("PL", "Warsaw")
-    assert answer.confidence <= 0.5 and any("capital" in r for r in answer.reasons)
-    hit = GuideHit("JP-facts", "JP", "Japan drives on the left", 0.8)
-    assert guess([], {}, [hit]).country_code == "JP"
-
-
-def test_evidence_guesser_is_deterministic_and_knows_when_it_knows_nothing():
-    assert guess([], {}, []) is None
-    tie = [place("A", "FR", 0.5), place("B", "BE", 0.5)]
-    assert guess(tie, {}, []) == guess(list(reversed(tie)), {}, [])

@@ -18,12 +18,13 @@ from navig.model_repository import contract
 from navig.orchestrator import prompts
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable
-from navig.orchestrator.guesser import VLM_CONFIDENCE, Verdict, decide
-from navig.orchestrator.results import Component
-from navig.orchestrator.searcher import Findings
+from navig.orchestrator.guesser import EVIDENCE_LINES, VLM_CONFIDENCE, Verdict, decide, evidence_lines
+from navig.orchestrator.results import Component, Evidence
+from navig.orchestrator.searcher.search import Findings
 from navig.orchestrator.tools.base import Place
 
 PHOTO = np.zeros((32, 32, 3), np.uint8)
+ORDER = ("map", "ocr", "language", "guidebook", "describer")
 COLOGNE = Place("Köln", "DE", 50.94, 6.96, 0.95, "Köln")
 
 
@@ -52,7 +53,7 @@ def answer(country: str, city: str, latitude: float, longitude: float) -> str:
 
 
 def run(models: FakeModels, findings: Findings, use_vlm: bool = True) -> Verdict:
-    return asyncio.run(decide(models, PHOTO, "reasoning", findings, use_vlm, Deadline.after(10)))
+    return asyncio.run(decide(models, PHOTO, "reasoning", findings, use_vlm, Deadline.after(10), ORDER))
 
 
 @pytest.mark.parametrize(
@@ -114,3 +115,17 @@ def test_no_evidence_and_no_usable_answer_places_nothing():
     verdict = run(FakeModels('{"country": "Ger'), Findings())
     assert verdict.answered_by == Component.NONE and verdict.location is None
     assert [d.component for d in verdict.degraded] == ["vlm_guesser"]
+
+
+def test_the_prompt_carries_evidence_by_tool_rank_then_score_without_the_detector():
+    evidence = [
+        Evidence("detector", "house", "house at [0, 0, 9, 9]", "detector", 0.99),
+        Evidence("ocr", "photo", "Köln 3 km", "ocr", 0.8),
+        Evidence("map", "Köln", "Köln, DE", "geonames:1", 0.5),
+        Evidence("map", "Köln", "Köln, US", "geonames:2", 0.7),
+        Evidence("plugin", "photo", "not in the order", "test", 1.0),
+    ]
+    lines = evidence_lines(Findings(evidence=evidence), ORDER)
+    assert lines == ["map: Köln -> Köln, US", "map: Köln -> Köln, DE", "ocr: photo -> Köln 3 km"]
+    many = Findings(evidence=[Evidence("ocr", "photo", str(i), "ocr", i / 100) for i in range(40)])
+    assert len(evidence_lines(many, ORDER)) == EVIDENCE_LINES

@@ -21,7 +21,10 @@ def test_committed_stubs_match_the_proto(tmp_path: Path):
     descriptor_set = tmp_path / "set.pb"
     compile_proto(tmp_path, f"--descriptor_set_out={descriptor_set}")
     (compiled,) = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file
-    for message in compiled.message_type:  # the generated module leaves out the derivable json names
+    messages = list(compiled.message_type)
+    while messages:  # the generated module leaves out the derivable json names, nested types' too
+        message = messages.pop()
+        messages += message.nested_type
         for field in message.field:
             field.ClearField("json_name")
     assert compiled.name == str(PACKAGE / PROTO)

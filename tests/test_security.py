@@ -244,7 +244,7 @@ def test_navig_locate_over_tls_with_a_token(tls_server: OrchestratorThread, pki:
     refused = runner.invoke(app, ["locate", *common])
     result = runner.invoke(
         app,
-        ["locate", *common, "--json", "--max-new-tokens", "8", "--no-reasoner", "--no-describer"],
+        ["locate", *common, "--json", "--max-new-tokens", "8", "--no-reasoner", "--skip", "describer"],
         env={"NAVIG_TOKEN": "file-token-1"},
     )
     assert refused.exit_code == 4 and "UNAUTHENTICATED" in refused.stderr, refused.output

@@ -65,7 +65,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from navig.model_repository.contract import DETECTOR_PROMPTS
 from navig.model_repository.vlm_engine import VlmInputs
 from navig.orchestrator import prompts
-from navig.orchestrator.searcher import Crop  # the same crop record as the served SEARCHER
+from navig.orchestrator.searcher.search import Crop  # the same crop record as the served SEARCHER
 from navig.orchestrator.tools.gazetteer.index import GazetteerIndex
 from navig.orchestrator.tools.gazetteer.search import Gazetteer
 from navig.orchestrator.tools.guidebook.default import default_entries

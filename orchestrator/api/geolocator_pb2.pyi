@@ -29,7 +29,14 @@ class LocateRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[LocateOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LocateOptions(_message.Message):
-    __slots__ = ("use_reasoner", "use_ocr", "use_map_search", "use_guidebook", "use_describer", "use_vlm_guesser", "max_new_tokens", "return_reasoning", "return_evidence")
+    __slots__ = ("use_reasoner", "use_ocr", "use_map_search", "use_guidebook", "use_describer", "use_vlm_guesser", "max_new_tokens", "return_reasoning", "return_evidence", "tools")
+    class ToolsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bool
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
     USE_REASONER_FIELD_NUMBER: _ClassVar[int]
     USE_OCR_FIELD_NUMBER: _ClassVar[int]
     USE_MAP_SEARCH_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +46,7 @@ class LocateOptions(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RETURN_REASONING_FIELD_NUMBER: _ClassVar[int]
     RETURN_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
     use_reasoner: bool
     use_ocr: bool
     use_map_search: bool
@@ -48,7 +56,8 @@ class LocateOptions(_message.Message):
     max_new_tokens: int
     return_reasoning: bool
     return_evidence: bool
-    def __init__(self, use_reasoner: _Optional[bool] = ..., use_ocr: _Optional[bool] = ..., use_map_search: _Optional[bool] = ..., use_guidebook: _Optional[bool] = ..., use_describer: _Optional[bool] = ..., use_vlm_guesser: _Optional[bool] = ..., max_new_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ..., return_evidence: _Optional[bool] = ...) -> None: ...
+    tools: _containers.ScalarMap[str, bool]
+    def __init__(self, use_reasoner: _Optional[bool] = ..., use_ocr: _Optional[bool] = ..., use_map_search: _Optional[bool] = ..., use_guidebook: _Optional[bool] = ..., use_describer: _Optional[bool] = ..., use_vlm_guesser: _Optional[bool] = ..., max_new_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ..., return_evidence: _Optional[bool] = ..., tools: _Optional[_Mapping[str, bool]] = ...) -> None: ...
 
 class Location(_message.Message):
     __slots__ = ("country", "country_code", "city", "latitude", "longitude", "confidence")

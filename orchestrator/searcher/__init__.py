@@ -1,0 +1,1 @@
+"""SEARCHER: the detector, then its tools (one module each, listed in `registry`)."""

@@ -1,0 +1,72 @@
+"""CLIP on the photo and every crop in one batch, then the guidebook's nearest clues (FAISS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+
+from navig.model_repository import contract
+from navig.orchestrator.results import Evidence
+from navig.orchestrator.searcher.search import Search
+from navig.orchestrator.searcher.tool import SearchTool, ToolConfig
+from navig.orchestrator.settings import Settings
+from navig.orchestrator.tools.base import Guidebook
+
+CLIP_SIDE = 224  # crops are batched for `clip_image` at one size; the graph's own resize then is a no-op
+
+
+class ConsultGuidebook(SearchTool):
+    name = "guidebook"
+    option = "use_guidebook"
+    models = (contract.CLIP_IMAGE,)
+    evidence_rank = 40
+
+    def __init__(self, settings: Settings, config: ToolConfig) -> None:
+        from navig.orchestrator.tools.guidebook.index import GuidebookIndex  # faiss: serving only
+
+        super().__init__(settings, config)
+        assert settings.guidebook_dir is not None
+        self.index: Guidebook = GuidebookIndex.load(settings.guidebook_dir)
+
+    @classmethod
+    def create(cls, settings: Settings) -> SearchTool | None:
+        return None if settings.guidebook_dir is None else super().create(settings)  # no index: off
+
+    @classmethod
+    def prepare(cls, settings: Settings, model_repository: Path | None, console: Console) -> Settings:
+        """No guidebook configured: the default one, embedded once with this repository's CLIP."""
+        if settings.use_guidebook and settings.guidebook_dir is None and model_repository is not None:
+            from navig.orchestrator.tools.guidebook.build import ensure_default_guidebook  # needs faiss
+
+            with console.status("embedding the default guidebook with the repository's CLIP (once)..."):
+                guidebook = ensure_default_guidebook(model_repository)
+            settings = settings.model_copy(update={"guidebook_dir": guidebook})
+        return settings
+
+    async def run(self, search: Search) -> None:
+        settings = self.settings
+        regions = search.regions(contract.DETECTOR_PROMPTS)
+        batch = np.stack([_square(pixels, CLIP_SIDE) for _, pixels in regions])
+        out = await search.models.infer(
+            contract.CLIP_IMAGE, {contract.CLIP_IMAGE_IMAGES: batch}, search.deadline
+        )
+        hits = self.index.search(
+            out[contract.CLIP_EMBEDDINGS], settings.guidebook_k, settings.guidebook_threshold
+        )
+        for (where, _), region_hits in zip(regions, hits):
+            for hit in region_hits:
+                search.found.guide_hits.append(hit)
+                search.record(Evidence(self.name, where, hit.text, hit.source or hit.entry_id, hit.score,
+                                       hit.country_code))  # fmt: skip
+
+
+def _square(pixels: np.ndarray, side: int) -> np.ndarray:
+    """CLIP's view: shortest side to `side`, centre crop (as its preprocessing does)."""
+    image = Image.fromarray(pixels)
+    scale = side / min(image.size)
+    image = image.resize((max(side, round(image.width * scale)), max(side, round(image.height * scale))))
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return np.asarray(image.crop((left, top, left + side, top + side)))

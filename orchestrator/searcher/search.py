@@ -1,0 +1,155 @@
+"""SEARCHER: the detector once, then every enabled tool over its crops, concurrently.
+
+Tools run as soon as the tools they read (`after`) have finished; a tool whose prerequisite is
+off or failed is skipped. A tool that fails is recorded as degraded and the search goes on; only
+a lost Triton (UNAVAILABLE) or the deadline ends the request. Every Triton call of one photo is
+batched or fanned out at once, and Triton's dynamic batcher merges it with other requests' calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from navig.model_repository import contract
+from navig.orchestrator.deadline import Deadline
+from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable, first_error
+from navig.orchestrator.images import downscale
+from navig.orchestrator.metrics import Metrics
+from navig.orchestrator.models import Models
+from navig.orchestrator.results import Degradation, Emit, Evidence
+from navig.orchestrator.searcher.tool import SearchTool
+from navig.orchestrator.settings import Settings
+from navig.orchestrator.timeline import Timeline
+from navig.orchestrator.tools.base import GuideHit, Place, ToolUnavailable
+
+if TYPE_CHECKING:
+    from navig.orchestrator.options import RunOptions
+
+
+@dataclass(frozen=True)
+class Crop:
+    label: str  # one of contract.DETECTOR_PROMPTS
+    score: float
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels
+    pixels: np.ndarray
+
+    @property
+    def where(self) -> str:
+        return f"{self.label} at {list(self.box)}"
+
+
+@dataclass
+class Findings:
+    """What the search found, for the guessers; evidence is also emitted as it is found."""
+
+    lines: list[str] = field(default_factory=list)  # text read (ocr)
+    places: list[Place] = field(default_factory=list)  # map candidates (map)
+    language: str = ""  # language of the text (language)
+    country_prior: dict[str, float] = field(default_factory=dict)
+    guide_hits: list[GuideHit] = field(default_factory=list)  # (guidebook)
+    evidence: list[Evidence] = field(default_factory=list)
+    degraded: list[Degradation] = field(default_factory=list)
+
+
+@dataclass
+class Search:
+    """One photo's search: what every tool reads (photo, crops, earlier findings) and adds to."""
+
+    models: Models
+    settings: Settings
+    options: RunOptions
+    image: np.ndarray  # RGB, full resolution
+    deadline: Deadline
+    emit: Emit
+    crops: list[Crop] = field(default_factory=list)
+    found: Findings = field(default_factory=Findings)
+
+    def record(self, evidence: Evidence) -> None:
+        self.found.evidence.append(evidence)
+        self.emit(evidence)
+
+    def regions(self, labels: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+        """The whole photo first, then the crops with these labels, each named for the evidence."""
+        crops = [(c.where, c.pixels) for c in self.crops if c.label in labels]
+        return [("photo", self.image), *crops]
+
+
+class Searcher:
+    """The server's tools, in registry order; `run` searches one photo."""
+
+    def __init__(
+        self, settings: Settings, models: Models, metrics: Metrics, tools: Sequence[SearchTool]
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.metrics = metrics
+        self.tools = list(tools)
+
+    def evidence_order(self) -> list[str]:
+        """Tool names by the rank of their evidence in the GUESSER prompt."""
+        return [t.name for t in sorted(self.tools, key=lambda t: t.evidence_rank)]
+
+    async def run(
+        self, image: np.ndarray, options: RunOptions, deadline: Deadline, timeline: Timeline, emit: Emit
+    ) -> Findings:
+        search = Search(self.models, self.settings, options, image, deadline, emit)
+        with timeline.stage("detector"):
+            search.crops = await self._detect(image, deadline)
+        for crop in search.crops:
+            search.record(Evidence("detector", crop.label, crop.where, contract.DETECTOR, crop.score))
+        finished: dict[str, asyncio.Task[bool]] = {}
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for tool in self.tools:  # a tool's `after` tools are registered before it
+                    if tool.name in options.tools:
+                        needs = [finished.get(name) for name in tool.after]
+                        finished[tool.name] = tasks.create_task(self._run(tool, needs, search, timeline))
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        return search.found
+
+    async def _run(
+        self, tool: SearchTool, needs: list[asyncio.Task[bool] | None], search: Search, timeline: Timeline
+    ) -> bool:
+        """Runs one tool once its prerequisites succeeded; its failure degrades the answer unless
+        Triton is gone or time is up. True when it ran and succeeded."""
+        for need in needs:
+            if need is None or not await need:
+                return False
+        try:
+            with timeline.stage(tool.name):
+                await tool.run(search)
+        except (Unavailable, DeadlineExceeded):
+            raise
+        except (PipelineError, ToolUnavailable) as exc:
+            self.metrics.tool_results.labels(tool.name, "error").inc()
+            search.found.degraded.append(Degradation(tool.name, str(exc)))
+            return False
+        hit = any(e.tool == tool.name for e in search.found.evidence)
+        self.metrics.tool_results.labels(tool.name, "hit" if hit else "miss").inc()
+        return True
+
+    async def _detect(self, image: np.ndarray, deadline: Deadline) -> list[Crop]:
+        settings = self.settings
+        # the detector's graph resizes to its fixed size anyway; its TensorRT profile ends at this side
+        view = await asyncio.to_thread(downscale, image, contract.DETECTOR_MAX_SIDE, 1)
+        out = await self.models.infer(contract.DETECTOR, {contract.DETECTOR_IMAGES: view[None]}, deadline)
+        height, width = image.shape[:2]  # boxes come as fractions: crops are cut from the full photo
+        scale = np.array([width, height, width, height], np.float32)
+        detections = zip(out[contract.DETECTOR_BOXES][0], out[contract.DETECTOR_SCORES][0],
+                         out[contract.DETECTOR_LABELS][0])  # fmt: skip
+        crops: list[Crop] = []
+        for box, score, label in detections:
+            if score < settings.box_threshold or len(crops) >= settings.max_crops:
+                break  # scores come sorted, best first
+            x0, y0, x1, y1 = np.clip(np.round(box * scale), 0, scale).astype(int).tolist()
+            if min(x1 - x0, y1 - y0) < settings.min_crop_side:
+                continue
+            pixels = np.ascontiguousarray(image[y0:y1, x0:x1])
+            crops.append(Crop(contract.DETECTOR_PROMPTS[int(label)], float(score), (x0, y0, x1, y1), pixels))
+        return crops
