@@ -1,15 +1,23 @@
-"""`navig export build`: run an export spec step by step into a model repository."""
+"""`navig export build`: run an export spec step by step into a model repository.
+
+cpu profile: one repository, the output folder itself (the embedded Triton serves it). gpu profile:
+two repositories under the output, one per Triton server (`containers.POOLS`: `encoders/` for the
+`-py3` image, `vlms/` for the TensorRT-LLM image), with README.md, navig.yaml and (plans)
+build_plans.sh beside them (`gpu_deployment`). The export report stays at the output's top.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import Progress
 
-from navig.export import gpu_recipes, triton_config
+from navig.export import containers, gpu_deployment, gpu_recipes, triton_config
+from navig.export.errors import CheckpointError, ExportError
 from navig.export.fingerprint import export_fingerprint, export_inputs, fingerprint, navig_version
 from navig.export.ocr import OcrSources
 from navig.export.report import ArtifactReport, folder_size, write_report
@@ -33,6 +41,40 @@ class Step:
     work: Callable[[], list[ArtifactReport]]
 
 
+def repository_for(spec: ExportSpec, model: str) -> Path:
+    """The model repository a model's folder goes into: the output (cpu), or its server's (gpu)."""
+    return spec.output if spec.profile == "cpu" else spec.output / containers.pool_of(model).folder
+
+
+def served_dtype(spec: ExportSpec) -> str | None:
+    """The dtype `reasoner` and `vlm` weights are saved in (spec `vlm.dtype`; VlmSpec says why)."""
+    if not spec.vlm:
+        return None
+    from navig.export.checkpoints import read_config
+    from navig.export.vlm import QWEN2_VL_TYPES, TORCH_DTYPES, checkpoint_dtype
+
+    dtype = spec.vlm.dtype
+    if dtype == "auto":
+        dtype = checkpoint_dtype(read_config(spec.vlm.base, QWEN2_VL_TYPES))
+        if spec.profile == "gpu" and dtype not in ("bfloat16", "float16"):
+            dtype = "bfloat16"
+    if dtype not in TORCH_DTYPES:
+        raise CheckpointError(
+            f"{spec.vlm.base}: config.json states dtype {dtype!r}; "
+            f"set vlm.dtype to one of {', '.join(TORCH_DTYPES)}"
+        )
+    if spec.profile == "gpu" and dtype == "float32":
+        raise ExportError(
+            "vlm.dtype float32 cannot be served by the gpu profile (TensorRT-LLM's Qwen2-VL runs "
+            "flash-attention in the weights' dtype): use auto, bfloat16 or float16"
+        )
+    return dtype
+
+
+def gpu_options(spec: ExportSpec) -> triton_config.GpuOptions:
+    return spec.gpu.options(spec.vlm, served_dtype(spec) or triton_config.LlmOptions.dtype)
+
+
 def check_inputs(spec: ExportSpec) -> None:
     """Every checkpoint is checked before any model folder is touched."""
     from navig.export.checkpoints import read_config
@@ -46,10 +88,11 @@ def check_inputs(spec: ExportSpec) -> None:
         read_config(spec.vlm.base, QWEN2_VL_TYPES)
         if spec.vlm.reasoner_adapter:
             check_adapter(spec.vlm.reasoner_adapter)
+        served_dtype(spec)
 
 
 def plan(spec: ExportSpec) -> list[Step]:
-    repo = spec.output
+    repo = repository_for(spec, contract.OCR)
     steps: list[Step] = []
     if spec.ocr:
         bundled = OcrSources.from_rapidocr_wheel()
@@ -75,6 +118,7 @@ def build(spec: ExportSpec, progress: Progress) -> BuildResult:
     inputs = export_inputs(spec)
     spec.output.mkdir(parents=True, exist_ok=True)
     (spec.output / REPORT_FILE).unlink(missing_ok=True)  # a half-rewritten repository is never reused
+    remove_other_layout(spec)
     steps = plan(spec)
     overall = progress.add_task("export", total=len(steps) + 1)
     reports: list[ArtifactReport] = []
@@ -85,11 +129,7 @@ def build(spec: ExportSpec, progress: Progress) -> BuildResult:
         models.extend(step.models)
         progress.advance(overall)
     progress.update(overall, description=f"configs ({spec.profile} profile)")
-    result = BuildResult(spec.output, reports, models)
-    for name in models:
-        write_model_config(spec, name)
-    if spec.profile == "gpu":
-        result.notes.extend(write_gpu_build(spec, models))
+    result = BuildResult(spec.output, reports, models, write_configs(spec, models))
     progress.advance(overall)
     write_report(
         spec.output / REPORT_FILE,
@@ -115,49 +155,69 @@ def reuse(spec: ExportSpec) -> BuildResult | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     models = list(report.get("models", []))
-    if not all((spec.output / m / "config.pbtxt").is_file() for m in models) or not all(
+    if not all((repository_for(spec, m) / m / "config.pbtxt").is_file() for m in models) or not all(
         r.path.exists() and folder_size(r.path) == r.size_bytes for r in reports
+    ):
+        return None
+    if spec.profile == "gpu" and not all(
+        (spec.output / name).is_file() for name in (gpu_deployment.README, gpu_deployment.SETTINGS)
     ):
         return None
     return BuildResult(spec.output, reports, models, list(report.get("notes", [])))
 
 
-def write_model_config(spec: ExportSpec, name: str) -> None:
+def remove_other_layout(spec: ExportSpec) -> None:
+    """An output switching profiles keeps no models of the other layout (Triton would load them)."""
+    if spec.profile == "gpu":
+        stale = [spec.output / m for pool in containers.POOLS for m in pool.models]
+    else:
+        stale = [spec.output / pool.folder for pool in containers.POOLS]
+        stale += [spec.output / name for name in gpu_deployment.GPU_FILES]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def write_configs(spec: ExportSpec, models: list[str]) -> list[str]:
+    """Every model's config.pbtxt for the spec's profile, over the artifacts in place; for the gpu
+    profile also the deployment files beside the repositories. Returns the notes for the user."""
+    options = gpu_options(spec) if spec.profile == "gpu" else None
+    for name in models:
+        write_model_config(spec, name, options)
+    return write_gpu_build(spec, models, options) if options is not None else []
+
+
+def write_model_config(spec: ExportSpec, name: str, options: triton_config.GpuOptions | None = None) -> None:
     header, config = triton_config.source_config(name)
-    version_dir = spec.output / name / "1"
+    folder = repository_for(spec, name) / name
     if name in triton_config.ONNX_MODELS:
-        triton_config.io_from_onnx(config, version_dir / "model.onnx")
+        triton_config.io_from_onnx(config, folder / "1" / "model.onnx")
     if name in contract.VLM_MODELS and spec.vlm:
         config.parameters["max_tokens"].string_value = str(spec.vlm.max_tokens)
         config.max_batch_size = spec.vlm.max_batch
         config.dynamic_batching.max_queue_delay_microseconds = spec.vlm.max_queue_delay_us
         triton_config.set_streaming(config, spec.vlm.stream)
     if spec.profile == "gpu":
-        config = triton_config.to_gpu(name, config, spec.gpu.options())
-    triton_config.write_config(spec.output / name / "config.pbtxt", header, config, spec.profile)
+        config = triton_config.to_gpu(name, config, options or gpu_options(spec))
+        if name in contract.VLM_MODELS:
+            header += (
+                "# gpu: TensorRT-LLM's LLM API as NVIDIA's llmapi model runs it: decoupled, one KIND_CPU\n"
+                "# instance, no Triton batching (TensorRT-LLM batches in flight); LLM arguments: llm_args.\n"
+            )
+    triton_config.write_config(folder / "config.pbtxt", header, config, spec.profile)
 
 
-def write_gpu_build(spec: ExportSpec, models: list[str]) -> list[str]:
-    commands: list[list[str]] = []
-    if spec.gpu.encoders == "plan":
-        fp16 = spec.gpu.precision == "FP16"
-        commands += [
-            gpu_recipes.trtexec_command(m, spec.output, fp16)
-            for m in models
-            if m in triton_config.ONNX_MODELS
-        ]
-    if spec.gpu.vlm_engine_recipe:
-        for model in (m for m in models if m in contract.VLM_MODELS):
-            commands += gpu_recipes.trtllm_engine_commands(model, spec.output)
-    notes = []
-    if commands:
-        script = gpu_recipes.write_script(
-            spec.output / "gpu_build.sh",
-            commands,
-            "TensorRT builds for this repository (run on the GPU host)",
-        )
-        notes.append(f"GPU build commands written to {script}")
-    if status := gpu_recipes.gpu_stack_status(script_written=bool(commands)):
+def write_gpu_build(spec: ExportSpec, models: list[str], options: triton_config.GpuOptions) -> list[str]:
+    written = gpu_deployment.write_deployment(spec.output, models, options, navig_version())
+    names = ", ".join(p.name for p in written)
+    notes = [
+        f"gpu deployment ({gpu_deployment.NOT_RUN}): repositories "
+        + ", ".join(f"{p.folder}/" for p in containers.POOLS if any(m in p.models for m in models))
+        + f" and {names} in {spec.output}; the README there has the launch commands"
+    ]
+    if status := gpu_recipes.gpu_stack_status():
         notes.append(status)
     return notes
 
@@ -166,8 +226,9 @@ def _detector(spec: ExportSpec) -> list[ArtifactReport]:
     from navig.export.detector import export_detector
 
     assert spec.detector
-    place_model_folder(contract.DETECTOR, spec.output)
-    out = spec.output / contract.DETECTOR / "1" / "model.onnx"
+    repo = repository_for(spec, contract.DETECTOR)
+    place_model_folder(contract.DETECTOR, repo)
+    out = repo / contract.DETECTOR / "1" / "model.onnx"
     d = spec.detector
     return [export_detector(d.checkpoint, out, image_size=d.image_size, top_k=d.top_k)]
 
@@ -176,23 +237,28 @@ def _clip(spec: ExportSpec) -> list[ArtifactReport]:
     from navig.export.clip import export_clip
 
     assert spec.clip
-    place_model_folder(contract.CLIP_IMAGE, spec.output)
-    place_model_folder(contract.CLIP_TEXT, spec.output)
-    return export_clip(spec.clip.checkpoint, spec.output)
+    repo = repository_for(spec, contract.CLIP_IMAGE)
+    place_model_folder(contract.CLIP_IMAGE, repo)
+    place_model_folder(contract.CLIP_TEXT, repo)
+    return export_clip(spec.clip.checkpoint, repo)
 
 
 def _vlm_base(spec: ExportSpec) -> list[ArtifactReport]:
     from navig.export.vlm import export_base
 
     assert spec.vlm
-    place_model_folder(contract.VLM, spec.output)
-    return [export_base(spec.vlm.base, spec.output)]
+    repo = repository_for(spec, contract.VLM)
+    place_model_folder(contract.VLM, repo)
+    return [export_base(spec.vlm.base, repo, served_dtype(spec))]
 
 
 def _reasoner(spec: ExportSpec) -> list[ArtifactReport]:
     from navig.export.vlm import export_merged_reasoner
 
     assert spec.vlm and spec.vlm.reasoner_adapter
-    place_model_folder(contract.REASONER, spec.output)
+    repo = repository_for(spec, contract.REASONER)
+    place_model_folder(contract.REASONER, repo)
     vlm = spec.vlm
-    return [export_merged_reasoner(vlm.base, vlm.reasoner_adapter, spec.output, vlm.merge_tolerance)]
+    return export_merged_reasoner(
+        vlm.base, vlm.reasoner_adapter, repo, vlm.merge_tolerance, served_dtype(spec)
+    )

@@ -14,7 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from navig.export.errors import ExportError
-from navig.export.triton_config import GpuOptions
+from navig.export.triton_config import GpuOptions, LlmOptions
+from navig.model_repository import contract
 
 
 class _Section(BaseModel):
@@ -26,9 +27,15 @@ class VlmSpec(_Section):
     reasoner_adapter: Path | None = None  # peft LoRA folder: merged into `reasoner`
     merge_tolerance: float = 1e-3  # max |logit| difference, merged vs PEFT
     stream: bool = False  # decoupled models: one response per new piece of text
-    max_tokens: int = Field(128, ge=1, le=4096)
+    max_tokens: int = Field(128, ge=1, le=contract.MAX_NEW_TOKENS)
     max_batch: int = Field(8, ge=1, le=64)  # concurrent requests per batched generate (Triton max_batch_size)
     max_queue_delay_us: int = Field(5000, ge=0)  # how long a request may wait for others to join its batch
+    # The dtype `reasoner` and `vlm` weights are saved in. auto: the base checkpoint's own (config.json
+    # `torch_dtype`/`dtype`: bfloat16 for Qwen2-VL releases), except that the gpu profile never
+    # saves float32: TensorRT-LLM's Qwen2-VL runs its vision tower with flash-attention in the
+    # checkpoint's dtype, so a float32 checkpoint becomes bfloat16 there (float16 on pre-Ampere GPUs,
+    # which have no bfloat16: set it).
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
 
 
 class DetectorSpec(_Section):
@@ -46,14 +53,38 @@ class OcrSpec(_Section):
     rec: Path | None = None
 
 
+class LlmSpec(_Section):
+    """TensorRT-LLM `LLM(...)` arguments of one VLM on the gpu profile (triton_config.LlmOptions)."""
+
+    kv_cache_fraction: float = Field(LlmOptions.kv_cache_fraction, gt=0, le=1)  # of FREE memory
+    kv_cache_max_tokens: int | None = Field(None, ge=1)  # a fixed cap; with both, the smaller wins
+    max_num_tokens: int = Field(LlmOptions.max_num_tokens, ge=64)
+    max_batch_size: int | None = Field(None, ge=1)  # requests in flight; None: vlm.max_batch
+
+
 class GpuSpec(_Section):
     encoders: Literal["tensorrt", "plan"] = GpuOptions.encoders
     precision: Literal["FP16", "FP32"] = GpuOptions.precision
-    trt_cache: str = GpuOptions.trt_cache
-    vlm_engine_recipe: bool = False  # also write the TensorRT-LLM engine-build commands
+    reasoner: LlmSpec = Field(default_factory=LlmSpec)
+    vlm: LlmSpec = Field(default_factory=LlmSpec)
 
-    def options(self) -> GpuOptions:
-        return GpuOptions(encoders=self.encoders, precision=self.precision, trt_cache=self.trt_cache)
+    def options(self, vlm: VlmSpec | None = None, dtype: str = LlmOptions.dtype) -> GpuOptions:
+        """`dtype`: what the VLM weights are saved in (`build.served_dtype`)."""
+        llm = {contract.REASONER: self.reasoner, contract.VLM: self.vlm}
+        return GpuOptions(
+            encoders=self.encoders,
+            precision=self.precision,
+            llm={
+                name: LlmOptions(
+                    dtype=dtype,
+                    kv_cache_fraction=s.kv_cache_fraction,
+                    kv_cache_max_tokens=s.kv_cache_max_tokens,
+                    max_num_tokens=s.max_num_tokens,
+                    max_batch_size=s.max_batch_size or (vlm.max_batch if vlm else LlmOptions.max_batch_size),
+                )
+                for name, s in llm.items()
+            },
+        )
 
 
 class ExportSpec(_Section):

@@ -3,13 +3,18 @@
 Configs are handled as Triton's own ModelConfig protobuf (from tritonclient), so whatever is
 written parses with the schema Triton uses. ONNX models get their inputs/outputs from the
 exported graph (names, dtypes, shapes cannot drift from the artifact). The gpu profile moves
-encoders to the onnxruntime backend (TensorRT accelerator + engine cache) or to TensorRT plans,
-and VLMs to TensorRT-LLM's LLM API.
+encoders to the onnxruntime backend (TensorRT accelerator: engine cache, optimisation profiles from
+the plans' shape table) or to TensorRT plans, and VLMs to TensorRT-LLM's LLM API the way NVIDIA's
+llmapi model is configured (python backend, decoupled, one KIND_CPU instance: the LLM owns the GPU
+and batches in flight, so Triton does not batch). Written against the sources cited in
+build/gpu_research.md; not run on a GPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +22,8 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from navig.export import gpu_recipes
+from navig.export.containers import MODELS_MOUNT
 from navig.export.repository import MODEL_SOURCES
 from navig.model_repository import contract
 
@@ -33,13 +40,63 @@ ONNX_TO_TRITON = {
 
 
 @dataclass(frozen=True)
+class LlmOptions:
+    """One VLM's TensorRT-LLM `LLM(...)` arguments: the model's `llm_args` parameter (JSON).
+
+    Both VLMs share one GPU with the encoders. `kv_cache_fraction` is TensorRT-LLM's
+    `KvCacheConfig.free_gpu_memory_fraction`: a fraction of the memory that is FREE when that LLM is
+    created (after its weights are loaded), not of the GPU. So the LLM created second gets its
+    fraction of what the first left, and whatever starts after both gets what is left then; with
+    0.35 each, the two KV caches take at most 0.35 + 0.35 * 0.65 = 0.58 of the free memory the
+    first LLM saw. `kv_cache_max_tokens` (`KvCacheConfig.max_tokens`) is a fixed cap independent of
+    start order; with both set the smaller wins (TensorRT-LLM's rule), so set it to size the
+    caches deterministically."""
+
+    dtype: str = "bfloat16"  # the dtype the weights were saved in (TensorRT-LLM's `dtype`)
+    kv_cache_fraction: float = 0.35
+    kv_cache_max_tokens: int | None = None
+    max_num_tokens: int = 8192  # TensorRT-LLM's default; one prompt (image tokens included) must fit
+    max_batch_size: int = 8  # requests in flight at once
+
+    def llm_args(self) -> dict[str, object]:
+        kv_cache: dict[str, object] = {"free_gpu_memory_fraction": self.kv_cache_fraction}
+        if self.kv_cache_max_tokens is not None:
+            kv_cache["max_tokens"] = self.kv_cache_max_tokens
+        return {
+            "dtype": self.dtype,
+            "kv_cache_config": kv_cache,
+            "max_num_tokens": self.max_num_tokens,
+            "max_batch_size": self.max_batch_size,
+            "guided_decoding_backend": "xgrammar",
+        }
+
+
+@dataclass(frozen=True)
 class GpuOptions:
     """How the gpu profile serves encoders and VLMs."""
 
     encoders: Literal["tensorrt", "plan"] = "tensorrt"  # ORT + TensorRT accelerator, or trtexec plans
-    precision: Literal["FP16", "FP32"] = "FP16"
-    trt_cache: str = "/opt/navig/trt_cache"  # engine cache, so engines are built once per GPU
+    # The ORT TensorRT accelerator's `precision_mode`. FP32 by default: the ONNX files are fp32, plans
+    # are built at the ONNX's precision (`trtexec --stronglyTyped`), and on TensorRT 11 (probably the
+    # one in the 26.07 `-py3` image) FP16 maps to a weak-typing builder flag TensorRT 11 removed:
+    # unverified what ONNX Runtime does then. FP16 is for a `-py3` image with TensorRT 10.
+    precision: Literal["FP16", "FP32"] = "FP32"
     workspace_bytes: int = 1 << 30
+    llm: Mapping[str, LlmOptions] = field(default_factory=dict)  # per VLM; absent: LlmOptions()
+
+
+# Keys written into the ORT TensorRT accelerator: each is one the onnxruntime backend accepts
+# (build/gpu_research.md section 5; any other key fails the model load).
+TRT_PROFILE_KEYS = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+# The cpu engine's knobs in the VLM configs: the TensorRT-LLM model has no use for them.
+TRANSFORMERS_KNOBS = ("max_padding", "threads")
+
+
+def trt_cache_path(name: str) -> str:
+    """The ORT TensorRT engine cache as the `-py3` container sees it: inside the model's folder, which
+    the generated README mounts read-write at MODELS_MOUNT, so engines are built once per GPU and
+    kept across restarts."""
+    return f"{MODELS_MOUNT}/{name}/trt_cache"
 
 
 # ONNX Runtime session settings of the cpu profile's python-backend runner (onnx_runner.py).
@@ -87,16 +144,40 @@ def to_gpu(name: str, config: mc.ModelConfig, options: GpuOptions) -> mc.ModelCo
             accelerator.parameters["precision_mode"] = options.precision
             accelerator.parameters["max_workspace_size_bytes"] = str(options.workspace_bytes)
             accelerator.parameters["trt_engine_cache_enable"] = "1"
-            accelerator.parameters["trt_engine_cache_path"] = f"{options.trt_cache}/{name}"
+            accelerator.parameters["trt_engine_cache_path"] = trt_cache_path(name)
+            for k, key in enumerate(TRT_PROFILE_KEYS):  # min, opt, max: the plans' shapes
+                accelerator.parameters[key] = gpu_recipes.profile_shapes(name, k)
         gpu.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_GPU)
         add_warmup(name, gpu)
     elif name in contract.VLM_MODELS:
-        gpu.parameters["engine"].string_value = "tensorrt_llm"
-        # The LLM API places the model on its GPU(s) itself.
-        gpu.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_MODEL)
+        to_llm_api(gpu, options.llm.get(name, LlmOptions()))
     else:  # python pre/post-processing (ocr): stays on CPU, more instances to feed the GPU models
         gpu.instance_group.add(count=4, kind=mc.ModelInstanceGroup.KIND_CPU)
     return gpu
+
+
+def to_llm_api(config: mc.ModelConfig, llm: LlmOptions) -> None:
+    """NVIDIA's llmapi model layout (tensorrtllm_backend `all_models/llmapi`): python backend, one
+    KIND_CPU instance (the LLM places itself on the GPU), decoupled (set here, not in
+    `auto_complete_config`, which `--disable-auto-complete-config` skips), no Triton batching
+    (`max_batch_size: 0`): one `generate_async` per request and TensorRT-LLM batches in flight.
+    Without Triton's batch dimension every tensor states its leading 1, so callers send the same
+    [1, ...] shapes as to the cpu profile's batched model. `streaming`: one response per new piece of
+    text (the orchestrator's `stream_infer` joins them; `navig gpu-check run` expects it)."""
+    config.max_batch_size = 0
+    config.ClearField("dynamic_batching")
+    for tensor in [*config.input, *config.output]:
+        tensor.dims.insert(0, 1)
+    for tensor in config.input:
+        tensor.allow_ragged_batch = False  # a batching notion; there is no Triton batch here
+    config.model_transaction_policy.decoupled = True
+    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    for knob in TRANSFORMERS_KNOBS:
+        if knob in config.parameters:
+            del config.parameters[knob]
+    config.parameters["engine"].string_value = "tensorrt_llm"
+    config.parameters["llm_args"].string_value = json.dumps(llm.llm_args(), sort_keys=True)
+    config.parameters["streaming"].string_value = "true"
 
 
 # Shapes for the dynamic dims of each input at warm-up: TensorRT builds its engines while the

@@ -1,8 +1,15 @@
 """VLM checkpoints -> `vlm` (base) and `reasoner` (base + REASONER LoRA, merged) weight folders.
 
 Merging removes the adapter's extra matmuls at serving time and lets one engine serve the
-REASONER. The merge is checked: merged and PEFT logits on the same image+text inputs must agree
-within the stated tolerance, or nothing is written. The `vlm` copy is checked by sha256, file by file.
+REASONER. The merge is checked in float32: merged and PEFT logits on the same image+text inputs must
+agree within the stated tolerance, or nothing is written.
+
+Weights are saved in the dtype the engine runs (`vlm.dtype` in the spec, resolved by
+`build.served_dtype`): TensorRT-LLM runs Qwen2-VL in the checkpoint's dtype and its vision tower's
+flash-attention has no float32. A cast is checked too (`cast_check`): logits of the float32 weights
+vs logits of the saved, rounded weights, within a tolerance argued beside CAST_MARGIN. The `vlm` folder
+is a byte copy of the base checkpoint when no cast is needed (checked by sha256, file by file), and the
+cast weights, checked like the reasoner's, when one is.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +45,23 @@ SIDE_FILES = (
     "chat_template.jinja",
 )
 IDENTICAL_BYTES = "identical bytes (sha256)"  # the `vlm` figure: the copy is the checkpoint
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Unit roundoff of rounding to nearest into each dtype, 2^-p with p significand bits (the implicit one
+# included): bfloat16 p = 8, float16 p = 11, float32 p = 24.
+UNIT_ROUNDOFF = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "float32": 2.0**-24}
+# Cast tolerance (`cast_check`): CAST_MARGIN x the logit change a seeded random perturbation of every
+# weight by up to u of its value (uniform in [-u, u]) causes, measured around the rounded weights.
+# Rounding to nearest moves each weight by at most u of its value, so that perturbation is the error
+# model of the cast, and its effect on the logits calibrates the tolerance to the model's own
+# sensitivity (a fixed multiple of u x max|logit| is not: the merged demo reasoner's logits move 8x
+# more per u than its base's). Measured on the tiny demo checkpoints, base and merged reasoner,
+# bfloat16 and float16, 3 seeds: the cast changes the logits by 0.54x to 0.92x what the perturbation
+# does; the margin of 4 keeps a correct cast far from a false alarm. What the check catches is a
+# broken cast: infinities (float16 overflows above 65504), NaNs, tensors left out or mixed up. Whether
+# the GPU engine's own bfloat16 arithmetic keeps the answers is `navig gpu-check`'s question
+# (first-token agreement), not this one's.
+CAST_MARGIN = 4.0
+CAST_SEED = 0
 PARITY_PROMPT = "Where was this photo taken? Describe the signs, the vegetation and the architecture."
 
 
@@ -71,6 +96,94 @@ def parity_images(count: int = 2) -> list[np.ndarray]:
     return images
 
 
+def checkpoint_dtype(config: dict) -> str:
+    """The dtype a Hugging Face checkpoint's config.json states (`torch_dtype`, or `dtype` as
+    transformers 5 writes it); float32 when it states none (from_pretrained's default)."""
+    return str(config.get("torch_dtype") or config.get("dtype") or "float32")
+
+
+def _weights(model: Any) -> list[torch.Tensor]:
+    """The floating-point tensors save_pretrained writes (parameters, persistent buffers), once each."""
+    seen: set[int] = set()
+    tensors = []
+    for tensor in model.state_dict().values():
+        if tensor.is_floating_point() and tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            tensors.append(tensor)
+    return tensors
+
+
+def _round(model: Any, dtype: str) -> None:
+    """Each weight rounded to `dtype`, in place, kept in float32 storage."""
+    for tensor in _weights(model):
+        tensor.copy_(tensor.to(TORCH_DTYPES[dtype]))
+
+
+def _perturb(model: Any, u: float, undo: bool = False) -> None:
+    """Multiplies every weight by 1 + d, d uniform in [-u, u] (seeded); `undo` divides by the same."""
+    generator = torch.Generator().manual_seed(CAST_SEED)
+    for tensor in _weights(model):
+        factor = 1 + u * (2 * torch.rand(tensor.shape, generator=generator) - 1)
+        tensor.div_(factor) if undo else tensor.mul_(factor)
+
+
+def _logits(model: Any, samples: list[dict]) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        return [model(**s).logits for s in samples]
+
+
+def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def cast_check(
+    model: Any, samples: list[dict], reference: list[torch.Tensor], dtype: str
+) -> tuple[float, float]:
+    """Rounds the float32 `model`'s weights to `dtype` in place (they stay rounded, in float32
+    storage) and returns (max |logit difference| vs `reference`, the float32 weights' logits; its
+    tolerance, argued beside CAST_MARGIN)."""
+    _round(model, dtype)
+    cast = _logits(model, samples)
+    with torch.no_grad():
+        _perturb(model, UNIT_ROUNDOFF[dtype])
+    perturbed = _logits(model, samples)
+    with torch.no_grad():
+        _perturb(model, UNIT_ROUNDOFF[dtype], undo=True)  # within float32 roundoff of the rounded weights,
+    _round(model, dtype)  # which rounding again restores exactly
+    return _max_diff(reference, cast), CAST_MARGIN * _max_diff(cast, perturbed)
+
+
+def save_weights(model: Any, base: Path, target: Path, dtype: str) -> None:
+    """`model` in `dtype` as a Hugging Face folder with the base checkpoint's side files. config.json
+    is the model's (stating the saved dtype), with `torch_dtype` beside transformers 5's `dtype`,
+    so a transformers 4.x reader (TensorRT-LLM's) finds it too."""
+    if target.exists():
+        shutil.rmtree(target)
+    copy_side_files(base, target)
+    model.to(TORCH_DTYPES[dtype])
+    model.save_pretrained(target, safe_serialization=True)  # its config.json and generation_config.json
+    config_file = target / "config.json"
+    config = json.loads(config_file.read_text())
+    config["torch_dtype"] = config.get("dtype", dtype)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def cast_report(model: str, target: Path, diff: float, tolerance: float, started: float, dtype: str, n: int):
+    return ArtifactReport(
+        model=model,
+        path=target,
+        size_bytes=folder_size(target),
+        max_abs_diff=diff,
+        tolerance=tolerance,
+        seconds=time.perf_counter() - started,
+        check=(
+            f"logits: float32 weights vs the saved {dtype} weights (computed in float32), {n} image+text "
+            f"inputs; tolerance {CAST_MARGIN:g}x the change from perturbing every weight by up to "
+            f"u({dtype}) = {UNIT_ROUNDOFF[dtype]:.1e} of its value (vlm.py CAST_MARGIN)"
+        ),
+    )
+
+
 def copy_side_files(source: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for name in SIDE_FILES:
@@ -78,11 +191,14 @@ def copy_side_files(source: Path, target: Path) -> None:
             shutil.copy2(source / name, target / name)
 
 
-def export_base(base: Path, repository: Path) -> ArtifactReport:
+def export_base(base: Path, repository: Path, dtype: str | None = None) -> ArtifactReport:
     """The GUESSER/describer serve the base checkpoint as it is: copied, not re-saved, and the copy
-    checked byte for byte (sha256 of every file against its source)."""
+    checked byte for byte (sha256 of every file against its source). When `dtype` differs from the
+    checkpoint's own, the weights are cast and saved instead, and the cast checked (`cast_check`)."""
     started = time.perf_counter()
-    read_config(base, QWEN2_VL_TYPES)
+    config = read_config(base, QWEN2_VL_TYPES)
+    if dtype is not None and dtype != checkpoint_dtype(config):
+        return _export_cast_base(base, repository, dtype, started)
     target = weights_dir(repository, contract.VLM)
     if target.exists():
         shutil.rmtree(target)
@@ -106,6 +222,24 @@ def export_base(base: Path, repository: Path) -> ArtifactReport:
     )
 
 
+def _export_cast_base(base: Path, repository: Path, dtype: str, started: float) -> ArtifactReport:
+    from transformers import Qwen2VLForConditionalGeneration
+
+    model = load_pretrained(Qwen2VLForConditionalGeneration, base, QWEN2_VL_TYPES, dtype=torch.float32)
+    samples = parity_samples(base, model)
+    diff, tolerance = cast_check(model, samples, _logits(model, samples), dtype)
+    if not diff <= tolerance:
+        raise ExportError(f"vlm: {dtype} weights' logits differ by {diff:.2e} > tolerance {tolerance:.1e}")
+    target = weights_dir(repository, contract.VLM)
+    save_weights(model, base, target, dtype)
+    return cast_report(contract.VLM, target, diff, tolerance, started, dtype, len(samples))
+
+
+def parity_samples(base: Path, model: Any) -> list[dict]:
+    inputs_for = VlmInputs(base, model.config.vision_config.spatial_merge_size, model.config.image_token_id)
+    return [inputs_for(PARITY_PROMPT, image) for image in parity_images()]
+
+
 def verify_copy(source: Path, copy: Path) -> int:
     """Every file in `copy` has the sha256 of the same-named file in `source`; returns how many."""
     files = sorted(p for p in copy.iterdir() if p.is_file())
@@ -119,15 +253,18 @@ def verify_copy(source: Path, copy: Path) -> int:
     return len(files)
 
 
-def export_merged_reasoner(base: Path, adapter: Path, repository: Path, tolerance: float) -> ArtifactReport:
+def export_merged_reasoner(
+    base: Path, adapter: Path, repository: Path, tolerance: float, dtype: str = "float32"
+) -> list[ArtifactReport]:
+    """The merge, checked in float32 (one report), then saved in `dtype`; a cast is checked too (a
+    second report, same folder)."""
     from peft import PeftModel
     from transformers import Qwen2VLForConditionalGeneration
 
     started = time.perf_counter()
     check_adapter(adapter)
     model = load_pretrained(Qwen2VLForConditionalGeneration, base, QWEN2_VL_TYPES, dtype=torch.float32)
-    inputs_for = VlmInputs(base, model.config.vision_config.spatial_merge_size, model.config.image_token_id)
-    samples = [inputs_for(PARITY_PROMPT, image) for image in parity_images()]
+    samples = parity_samples(base, model)
     try:
         peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False).eval()
     except (ValueError, KeyError, RuntimeError) as exc:
@@ -139,17 +276,27 @@ def export_merged_reasoner(base: Path, adapter: Path, repository: Path, toleranc
     diff = max(float((a - b).abs().max()) for a, b in zip(unmerged, merged))
     if not diff <= tolerance:
         raise ExportError(f"reasoner: merged vs PEFT logits differ by {diff:.2e} > tolerance {tolerance:.0e}")
+    cast = None
+    if dtype != "float32":
+        cast_started = time.perf_counter()
+        cast = cast_check(merged_model, samples, merged, dtype)
+        if not cast[0] <= cast[1]:
+            raise ExportError(
+                f"reasoner: {dtype} weights' logits differ by {cast[0]:.2e} > tolerance {cast[1]:.1e}"
+            )
     target = weights_dir(repository, contract.REASONER)
-    if target.exists():
-        shutil.rmtree(target)
-    merged_model.save_pretrained(target, safe_serialization=True)
-    copy_side_files(base, target)
-    return ArtifactReport(
-        model=contract.REASONER,
-        path=target,
-        size_bytes=folder_size(target),
-        max_abs_diff=diff,
-        tolerance=tolerance,
-        seconds=time.perf_counter() - started,
-        check=f"logits: merged vs PEFT-unmerged, {len(samples)} image+text inputs",
-    )
+    save_weights(merged_model, base, target, dtype)
+    reports = [
+        ArtifactReport(
+            model=contract.REASONER,
+            path=target,
+            size_bytes=folder_size(target),
+            max_abs_diff=diff,
+            tolerance=tolerance,
+            seconds=time.perf_counter() - started,
+            check=f"logits: merged vs PEFT-unmerged, float32, {len(samples)} image+text inputs",
+        )
+    ]
+    if cast is not None:
+        reports.append(cast_report(contract.REASONER, target, *cast, cast_started, dtype, len(samples)))
+    return reports

@@ -11,19 +11,22 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from rich.progress import Progress
+from safetensors.torch import load_file
 from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
-from navig.export.build import build
+from navig.export import containers, gpu_deployment
+from navig.export.build import build, repository_for, reuse, write_configs
 from navig.export.cli import app as export_app
 from navig.export.demo_checkpoints import SPEC_FILE, reused_demo_checkpoints
 from navig.export.errors import CheckpointError, ExportError
 from navig.export.fingerprint import export_fingerprint
 from navig.export.repository import REPORT_FILE
-from navig.export.spec import load_spec
+from navig.export.spec import ExportSpec, load_spec
 from navig.export.triton_config import ONNX_MODELS
 from navig.export.vlm import IDENTICAL_BYTES
 from navig.model_repository import contract
@@ -41,15 +44,29 @@ def parse(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
+def gpu_spec(demo_checkpoints: Path, output: Path, **gpu: object) -> ExportSpec:
+    spec = load_spec(demo_checkpoints / SPEC_FILE)
+    return spec.model_copy(
+        update={"output": output, "profile": "gpu", "gpu": spec.gpu.model_copy(update=gpu)}
+    )
+
+
+def caller_shape(config: mc.ModelConfig, tensor) -> list[int]:
+    """The shape a caller sends or receives: Triton's batch dimension of 1 in front when it batches."""
+    return ([1] if config.max_batch_size > 0 else []) + list(tensor.dims)
+
+
 @pytest.fixture(scope="module")
 def gpu_repository(demo_checkpoints: Path, model_repository: Path, tmp_path_factory) -> Path:
-    """The same checkpoints for the gpu profile (plans + TensorRT-LLM engine recipe)."""
+    """The session's cpu export laid out for the gpu profile (plans): its artifacts copied into the two
+    servers' repositories and `write_configs` run over them, the stage of `build` that writes the
+    configs and deployment files. Only the VLM weights' dtype differs from a real gpu export (bfloat16
+    there): `test_gpu_export_splits_the_repository_and_saves_bfloat16` runs one."""
     out = tmp_path_factory.mktemp("gpu_repository")
-    spec = load_spec(demo_checkpoints / SPEC_FILE)
-    gpu = spec.gpu.model_copy(update={"encoders": "plan", "vlm_engine_recipe": True})
-    with Progress(disable=True) as progress:
-        result = build(spec.model_copy(update={"output": out, "profile": "gpu", "gpu": gpu}), progress)
-    (out / "notes.txt").write_text("\n".join(result.notes))
+    spec = gpu_spec(demo_checkpoints, out, encoders="plan")
+    for model in ALL_MODELS:
+        shutil.copytree(model_repository / model, repository_for(spec, model) / model)
+    (out / "notes.txt").write_text("\n".join(write_configs(spec, list(ALL_MODELS))))
     return out
 
 
@@ -82,48 +99,90 @@ def test_cpu_configs_parse_and_match_the_contract(model_repository: Path):
 
 def test_gpu_configs_parse_with_tritons_schema(gpu_repository: Path, model_repository: Path):
     for model in ALL_MODELS:
-        config = parse(gpu_repository / model / "config.pbtxt")
+        pool = containers.pool_of(model)
+        config = parse(gpu_repository / pool.folder / model / "config.pbtxt")
         cpu = parse(model_repository / model / "config.pbtxt")
-        assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
-            (i.name, i.data_type, list(i.dims)) for i in cpu.input
+        assert [(i.name, i.data_type, caller_shape(config, i)) for i in config.input] == [
+            (i.name, i.data_type, caller_shape(cpu, i)) for i in cpu.input
         ], "one contract for both profiles"
-        assert [(o.name, o.data_type) for o in config.output] == [(o.name, o.data_type) for o in cpu.output]
+        assert [(o.name, o.data_type, caller_shape(config, o)) for o in config.output] == [
+            (o.name, o.data_type, caller_shape(cpu, o)) for o in cpu.output
+        ]
         if model in ONNX_MODELS:
             assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
             assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
             assert config.model_warmup, "engines are built while loading, not on the first request"
-        elif model in contract.VLM_MODELS:
+            assert config.max_batch_size == cpu.max_batch_size > 0 and config.HasField("dynamic_batching")
+        elif model in contract.VLM_MODELS:  # NVIDIA's llmapi model: TensorRT-LLM batches in flight
             assert config.parameters["engine"].string_value == "tensorrt_llm"
-        if model in contract.VLM_MODELS:  # concurrent generations share a batch in both profiles
-            assert config.max_batch_size == cpu.max_batch_size == 8
-            assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+            assert config.model_transaction_policy.decoupled and config.max_batch_size == 0
+            (group,) = config.instance_group
+            assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 1
+            args = json.loads(config.parameters["llm_args"].string_value)
+            assert args["dtype"] == "bfloat16" and args["guided_decoding_backend"] == "xgrammar"
+            assert "tqdm" not in (gpu_repository / pool.folder / model / "config.pbtxt").read_text()
             image = next(i for i in config.input if i.name == contract.VLM_IMAGE)
-            assert image.allow_ragged_batch and image.optional
+            assert image.optional
+        else:
+            assert config.backend == "python"
 
 
-def test_gpu_onnxruntime_tensorrt_accelerator(demo_checkpoints: Path, tmp_path: Path):
-    spec = load_spec(demo_checkpoints / SPEC_FILE)
-    spec = spec.model_copy(
-        update={"output": tmp_path, "profile": "gpu", "detector": None, "clip": None, "vlm": None}
-    )
-    with Progress(disable=True) as progress:
-        build(spec, progress)
-    config = parse(tmp_path / contract.OCR_DET / "config.pbtxt")
-    assert config.backend == "onnxruntime"
-    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
-    assert accelerator.name == "tensorrt"
-    assert accelerator.parameters["precision_mode"] == "FP16"
-    assert accelerator.parameters["trt_engine_cache_enable"] == "1"
-    assert not {"intra_op_threads", "allow_spinning"} & set(config.parameters)
+def test_gpu_repositories_hold_exactly_their_servers_models(gpu_repository: Path):
+    for pool in containers.POOLS:
+        folders = {p.name for p in (gpu_repository / pool.folder).iterdir() if p.is_dir()}
+        assert folders == set(pool.models), pool.folder
+    assert not any((gpu_repository / m).exists() for m in ALL_MODELS)
+    for name in gpu_deployment.GPU_FILES:
+        assert (gpu_repository / name).is_file(), name
 
 
 def test_gpu_build_script_and_honest_note(gpu_repository: Path):
-    script = (gpu_repository / "gpu_build.sh").read_text()
+    script = (gpu_repository / gpu_deployment.PLAN_SCRIPT).read_text()
     for model in ONNX_MODELS:
-        assert f"--saveEngine={gpu_repository / model / '1' / 'model.plan'}" in script
-    assert "--minShapes=images:1x64x64x3" in script
-    assert "trtllm-build" in script and "--max_multimodal_len" in script
-    assert "GPU stack not found" in (gpu_repository / "notes.txt").read_text()
+        assert f"--saveEngine=/models/{model}/1/model.plan" in script
+    assert "--minShapes=images:1x64x64x3" in script and "--stronglyTyped" in script
+    assert "--fp16" not in script and "trtllm" not in script
+    notes = (gpu_repository / "notes.txt").read_text()
+    assert "not run on a GPU" in notes and "README.md" in notes
+    if shutil.which("nvidia-smi") is None:
+        assert "GPU stack not found" in notes
+
+
+def test_gpu_export_splits_the_repository_and_saves_bfloat16(demo_checkpoints: Path, tmp_path: Path):
+    """A real `build` for the gpu profile (OCR + VLMs: the quick steps): the two repositories, the
+    weights cast to bfloat16 with the cast checked, a stale cpu layout removed; then the cpu profile
+    into the same folder removes the gpu layout."""
+    spec = gpu_spec(demo_checkpoints, tmp_path)
+    spec = spec.model_copy(update={"detector": None, "clip": None})
+    (tmp_path / contract.OCR_DET).mkdir()  # left by an earlier cpu export into this folder
+    with Progress(disable=True) as progress:
+        result = build(spec, progress)
+    assert not (tmp_path / contract.OCR_DET).exists()
+    assert {p.name for p in (tmp_path / "encoders").iterdir()} == set(contract.OCR_MODELS)
+    assert {p.name for p in (tmp_path / "vlms").iterdir()} == set(contract.VLM_MODELS)
+    for model in contract.VLM_MODELS:
+        weights = tmp_path / "vlms" / model / "1" / "weights"
+        assert {t.dtype for t in load_file(weights / "model.safetensors").values()} == {torch.bfloat16}
+        config = json.loads((weights / "config.json").read_text())
+        assert config["dtype"] == config["torch_dtype"] == "bfloat16"
+        args = json.loads(
+            parse(tmp_path / "vlms" / model / "config.pbtxt").parameters["llm_args"].string_value
+        )
+        assert args["dtype"] == "bfloat16"
+    casts = [r for r in result.reports if "bfloat16 weights" in r.check]
+    assert {r.model for r in casts} == set(contract.VLM_MODELS)
+    assert all(0 < r.max_abs_diff <= r.tolerance for r in casts)
+    assert IDENTICAL_BYTES not in {r.figure for r in result.reports}, "a cast is no byte copy"
+    ocr_det = parse(tmp_path / "encoders" / contract.OCR_DET / "config.pbtxt")
+    assert (
+        ocr_det.backend == "onnxruntime"
+        and ocr_det.optimization.execution_accelerators.gpu_execution_accelerator
+    )
+    reused = reuse(spec)
+    assert reused is not None and set(reused.models) == {*contract.OCR_MODELS, *contract.VLM_MODELS}
+    with Progress(disable=True) as progress:
+        build(spec.model_copy(update={"profile": "cpu", "vlm": None}), progress)
+    assert {p.name for p in tmp_path.iterdir()} == {*contract.OCR_MODELS, REPORT_FILE}
 
 
 @pytest.mark.skipif(

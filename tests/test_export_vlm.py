@@ -16,14 +16,17 @@ import tritonclient.grpc as grpcclient
 from safetensors.torch import load_file
 from tritonclient.utils import InferenceServerException
 
+from navig.export import vlm as vlm_export
 from navig.export.errors import CheckpointError, ExportError
 from navig.export.report import ArtifactReport
 from navig.export.vlm import (
     IDENTICAL_BYTES,
     check_adapter,
+    export_base,
     export_merged_reasoner,
     parity_images,
     verify_copy,
+    weights_dir,
 )
 from navig.model_repository import contract
 from navig.model_repository.vlm_engine import TransformersVlm, length_groups
@@ -334,6 +337,45 @@ def test_merge_above_tolerance_fails_and_writes_nothing(tmp_path: Path, demo_che
             demo_checkpoints / "qwen2_vl", demo_checkpoints / "reasoner_lora", tmp_path, 0.0
         )
     assert not (tmp_path / contract.REASONER / "1" / "weights").exists()
+
+
+def test_bfloat16_weights_round_trip(tmp_path: Path, demo_checkpoints: Path):
+    """`vlm.dtype: bfloat16` on the float32 tiny checkpoints: the merge is checked in float32, the saved
+    weights are exactly the float32 ones rounded, config.json says bfloat16 (as `dtype` and
+    `torch_dtype`), the cast is checked and reported, and the cpu engine serves the result."""
+    base, adapter = demo_checkpoints / "qwen2_vl", demo_checkpoints / "reasoner_lora"
+    (full,) = export_merged_reasoner(base, adapter, tmp_path / "fp32", 1e-3)
+    merge, cast = export_merged_reasoner(base, adapter, tmp_path / "bf16", 1e-3, "bfloat16")
+    assert merge.model == cast.model == contract.REASONER and merge.path == cast.path
+    assert merge.max_abs_diff <= merge.tolerance and "float32" in merge.check
+    assert 0 < cast.max_abs_diff <= cast.tolerance and "bfloat16" in cast.check
+    print(f"\nbfloat16 cast: logits differ by {cast.max_abs_diff:.2e} (tolerance {cast.tolerance:.1e})")
+    fp32_weights = load_file(full.path / "model.safetensors")
+    bf16_weights = load_file(cast.path / "model.safetensors")
+    assert fp32_weights.keys() == bf16_weights.keys()
+    for name, tensor in bf16_weights.items():
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, fp32_weights[name].to(torch.bfloat16))
+    config = json.loads((cast.path / "config.json").read_text())
+    assert config["dtype"] == config["torch_dtype"] == "bfloat16"
+    # `vlm`: the cast weights when the dtype differs from the checkpoint's, a byte copy when it does not
+    vlm = export_base(base, tmp_path / "bf16", "bfloat16")
+    assert vlm.figure != IDENTICAL_BYTES and 0 < vlm.max_abs_diff <= vlm.tolerance and "bfloat16" in vlm.check
+    originals = load_file(base / "model.safetensors")
+    for name, tensor in load_file(vlm.path / "model.safetensors").items():
+        assert torch.equal(tensor, originals[name].to(torch.bfloat16))
+    assert export_base(base, tmp_path / "fp32", "float32").figure == IDENTICAL_BYTES
+    assert TransformersVlm(vlm.path).generate(PROMPT, parity_images()[0], 4).token_ids  # float32 compute
+
+
+def test_cast_above_tolerance_fails_and_writes_nothing(tmp_path: Path, demo_checkpoints: Path, monkeypatch):
+    monkeypatch.setattr(vlm_export, "CAST_MARGIN", 0.0)  # any change from rounding is now too much
+    base = demo_checkpoints / "qwen2_vl"
+    with pytest.raises(ExportError, match="vlm: bfloat16 weights' logits differ"):
+        export_base(base, tmp_path, "bfloat16")
+    with pytest.raises(ExportError, match="reasoner: bfloat16 weights' logits differ"):
+        export_merged_reasoner(base, demo_checkpoints / "reasoner_lora", tmp_path, 1e-3, "bfloat16")
+    assert not weights_dir(tmp_path, contract.VLM).exists()
+    assert not weights_dir(tmp_path, contract.REASONER).exists()
 
 
 def test_guesser_grammar_always_gives_an_answer_that_parses(triton):
