@@ -26,6 +26,7 @@ import os
 # stubs need (on 2 cores: half the throughput; README, Performance).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +47,13 @@ class TritonPythonModel:
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.engine: VlmEngine
         if params.get("engine", "transformers") == "tensorrt_llm":
-            from navig.model_repository.vlm_trtllm import TrtLlmVlm
+            # gpu profile: NVIDIA's LLM-API pattern (decoupled, one `generate_async` per request), its
+            # own model class; the stub calls `execute`/`finalize` by name, so this instance hands over.
+            from navig.model_repository.vlm_trtllm import TritonPythonModel as LlmApiModel
 
-            engine_dir = params.get("engine_dir")
-            self.engine = TrtLlmVlm(weights, backend.version_dir(args) / engine_dir if engine_dir else None)
+            gpu = LlmApiModel()
+            gpu.initialize(args)
+            self.execute, self.finalize = gpu.execute, gpu.finalize
         else:
             from navig.model_repository.vlm_engine import TransformersVlm
 
@@ -110,37 +114,7 @@ class TritonPythonModel:
             self._finish(request, backend.error_response(f"generation failed: {exc}"))
 
     def _read(self, request: Any) -> Row:
-        """One request's inputs, each with Triton's batch dimension of 1; ValueError if unusable."""
-        prompts = pb_utils.get_input_tensor_by_name(request, contract.VLM_PROMPT).as_numpy().reshape(-1)
-        if len(prompts) != 1:
-            raise ValueError(f"one prompt per request (batch dimension 1), got {len(prompts)}")
-        prompt = _text(prompts[0])
-        image_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_IMAGE)
-        image = image_tensor.as_numpy() if image_tensor is not None else None
-        if image is not None:
-            if image.ndim != 4 or image.shape[0] != 1:
-                raise ValueError(f"image must be [1, H, W, 3], got {list(image.shape)}")
-            image = image[0]
-            height, width = image.shape[:2]
-            if min(height, width) < contract.MIN_IMAGE_SIDE:
-                raise ValueError(f"image of {width}x{height} is smaller than {contract.MIN_IMAGE_SIDE} px")
-            if max(height, width) > contract.MAX_ASPECT_RATIO * min(height, width):
-                raise ValueError(
-                    f"image of {width}x{height} has an aspect ratio above {contract.MAX_ASPECT_RATIO}"
-                )
-        budget_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_MAX_TOKENS)
-        max_tokens = (
-            int(budget_tensor.as_numpy().reshape(-1)[0]) if budget_tensor else self.default_max_tokens
-        )
-        if not 1 <= max_tokens <= contract.MAX_NEW_TOKENS:
-            raise ValueError(f"max_tokens must be in 1..{contract.MAX_NEW_TOKENS}, got {max_tokens}")
-        schema_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_JSON_SCHEMA)
-        json_schema = (
-            (_text(schema_tensor.as_numpy().reshape(-1)[0]) or None) if schema_tensor is not None else None
-        )
-        if json_schema is not None:
-            self.engine.check_schema(json_schema)
-        return Row(prompt, image, max_tokens, json_schema)
+        return read_row(request, self.default_max_tokens, self.engine.check_schema)
 
     def _stream(self, request: Any, row: Row) -> None:
         sender = request.get_response_sender()
@@ -165,6 +139,39 @@ class Row:
     image: np.ndarray | None
     max_tokens: int
     json_schema: str | None
+
+
+def read_row(request: Any, default_max_tokens: int, check_schema: Callable[[str], None]) -> Row:
+    """One request's inputs, each with Triton's batch dimension of 1; ValueError if unusable (both
+    profiles' models read rows through this: the same checks, the same messages)."""
+    prompts = pb_utils.get_input_tensor_by_name(request, contract.VLM_PROMPT).as_numpy().reshape(-1)
+    if len(prompts) != 1:
+        raise ValueError(f"one prompt per request (batch dimension 1), got {len(prompts)}")
+    prompt = _text(prompts[0])
+    image_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_IMAGE)
+    image = image_tensor.as_numpy() if image_tensor is not None else None
+    if image is not None:
+        if image.ndim != 4 or image.shape[0] != 1:
+            raise ValueError(f"image must be [1, H, W, 3], got {list(image.shape)}")
+        image = image[0]
+        height, width = image.shape[:2]
+        if min(height, width) < contract.MIN_IMAGE_SIDE:
+            raise ValueError(f"image of {width}x{height} is smaller than {contract.MIN_IMAGE_SIDE} px")
+        if max(height, width) > contract.MAX_ASPECT_RATIO * min(height, width):
+            raise ValueError(
+                f"image of {width}x{height} has an aspect ratio above {contract.MAX_ASPECT_RATIO}"
+            )
+    budget_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_MAX_TOKENS)
+    max_tokens = int(budget_tensor.as_numpy().reshape(-1)[0]) if budget_tensor else default_max_tokens
+    if not 1 <= max_tokens <= contract.MAX_NEW_TOKENS:
+        raise ValueError(f"max_tokens must be in 1..{contract.MAX_NEW_TOKENS}, got {max_tokens}")
+    schema_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_JSON_SCHEMA)
+    json_schema = (
+        (_text(schema_tensor.as_numpy().reshape(-1)[0]) or None) if schema_tensor is not None else None
+    )
+    if json_schema is not None:
+        check_schema(json_schema)
+    return Row(prompt, image, max_tokens, json_schema)
 
 
 def _text(value: Any) -> str:

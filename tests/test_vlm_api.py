@@ -13,6 +13,8 @@ import pytest
 
 from navig.model_repository.vlm_api import VlmEngine, chat_messages, chat_prompt
 
+FAKES = Path(__file__).parent / "fakes"  # contract fakes: Triton's python-backend module, tensorrt_llm
+
 # The cpu engine's stack, which NVIDIA's TensorRT-LLM containers pin to their own versions.
 CPU_STACK = ["torch", "transformers", "xgrammar", "onnxruntime", "onnx", "peft"]
 
@@ -29,17 +31,22 @@ def run_blocked(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_trtllm_engine_and_api_import_without_the_cpu_engine_stack():
+def test_trtllm_model_and_api_import_without_the_cpu_engine_stack():
+    """The gpu model imports neither the cpu engine's stack nor tensorrt_llm (loaded by `initialize`);
+    Triton's `triton_python_backend_utils`, present in every stub, comes from tests/fakes here."""
     done = run_blocked(
-        """
+        f"""
         try:
             import torch
         except ImportError:
             pass
         else:
             raise SystemExit("the prelude did not block torch")
+        sys.modules["tensorrt_llm"] = None
+        sys.path.insert(0, {str(FAKES)!r})
         import navig.model_repository.vlm_api
         import navig.model_repository.vlm_trtllm
+        import navig.model_repository.vlm_model
         print("imported")
         """
     )
@@ -99,11 +106,13 @@ def test_chat_prompt_is_the_prompt_both_engines_built_before(tiny_qwen2_vl: Path
     assert chat_prompt(tokenizer, prompt, has_image) == before == expected
 
 
-def test_both_engines_send_the_shared_chat_prompt(tiny_qwen2_vl: Path):
+def test_both_engines_send_the_shared_chat_prompt(tiny_qwen2_vl: Path, monkeypatch: pytest.MonkeyPatch):
     from transformers import AutoTokenizer
 
     from navig.model_repository.vlm_engine import VlmInputs
-    from navig.model_repository.vlm_trtllm import TrtLlmVlm
+
+    monkeypatch.syspath_prepend(str(FAKES))  # the gpu model imports triton_python_backend_utils
+    from navig.model_repository.vlm_trtllm import llm_inputs
 
     prompt = "Describe this house."
     image = np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8)
@@ -112,9 +121,7 @@ def test_both_engines_send_the_shared_chat_prompt(tiny_qwen2_vl: Path):
         messages_before(prompt, True), tokenize=False, add_generation_prompt=True
     )
 
-    trtllm = object.__new__(TrtLlmVlm)  # no tensorrt_llm here: `_prompt` needs only the tokenizer
-    trtllm.tokenizer = tokenizer
-    request = trtllm._prompt(prompt, image)
+    request = llm_inputs(tokenizer, prompt, image)  # what the gpu model hands `generate_async`
     assert request["prompt"] == expected and len(request["multi_modal_data"]["image"]) == 1
 
     image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
@@ -132,7 +139,9 @@ def test_the_protocol_names_what_the_triton_model_calls():
     assert protocol_methods() == ["check_schema", "generate", "generate_batch", "stream"]
 
 
-@pytest.mark.parametrize("engine_class", ["vlm_engine.TransformersVlm", "vlm_trtllm.TrtLlmVlm"])
+# the gpu profile does not implement this protocol: its model (vlm_trtllm) submits one
+# `generate_async` per request and TensorRT-LLM batches in flight (tests/test_vlm_trtllm.py)
+@pytest.mark.parametrize("engine_class", ["vlm_engine.TransformersVlm"])
 def test_engines_have_the_protocol_signatures(engine_class: str):
     """Names, parameter kinds, defaults and (evaluated) annotations, method by method."""
     import importlib

@@ -1,0 +1,3 @@
+"""Contract fake (not TensorRT-LLM): the release whose API this fake follows."""
+
+__version__ = "1.2.1"
