@@ -148,6 +148,25 @@ def shell_line(groups: list[list[str]]) -> str:
     return " ".join(_word(w) for group in groups for w in group)
 
 
+def _start_server(step: int, what: str, pool: containers.Pool, wait_s: int) -> list[str]:
+    """A README section's opening: the `docker run`, the wait for readiness, what runs inside."""
+    return [
+        f"## {step}. Start {what} ({NOT_RUN})",
+        "",
+        "```bash",
+        _shell(docker_run(pool)),
+        f"until curl -sf localhost:{pool.http_port}/v2/health/ready; do sleep {wait_s}; done",
+        "```",
+        "",
+        "Inside, the container runs:",
+        "",
+        "```bash",
+        *(part.strip() for part in container_script(pool).split(" && ")),
+        "```",
+        "",
+    ]
+
+
 def _shell(groups: list[list[str]]) -> str:
     """One command for a README code block: a line per group, continued with backslashes."""
     return " \\\n  ".join(" ".join(map(_word, group)) for group in groups)
@@ -288,19 +307,7 @@ def readme(output: Path, models: list[str], options: GpuOptions, version: str) -
         step += 1
     if has_encoders:
         out += [
-            f"## {step}. Start the encoders server first ({NOT_RUN})",
-            "",
-            "```bash",
-            _shell(docker_run(enc)),
-            f"until curl -sf localhost:{enc.http_port}/v2/health/ready; do sleep 5; done",
-            "```",
-            "",
-            "Inside, the container runs:",
-            "",
-            "```bash",
-            *(part.strip() for part in container_script(enc).split(" && ")),
-            "```",
-            "",
+            *_start_server(step, "the encoders server first", enc, wait_s=5),
             "`rapidocr` and `opencv-python-headless` are what the `ocr` python model imports besides numpy "
             "(`navig/model_repository/ocr_pipeline.py`); no ONNX Runtime or torch is installed by us.",
             "",
@@ -308,19 +315,7 @@ def readme(output: Path, models: list[str], options: GpuOptions, version: str) -
         step += 1
     if has_vlms:
         out += [
-            f"## {step}. Start the VLM server ({NOT_RUN})",
-            "",
-            "```bash",
-            _shell(docker_run(vlms)),
-            f"until curl -sf localhost:{vlms.http_port}/v2/health/ready; do sleep 10; done",
-            "```",
-            "",
-            "Inside, the container runs:",
-            "",
-            "```bash",
-            *(part.strip() for part in container_script(vlms).split(" && ")),
-            "```",
-            "",
+            *_start_server(step, "the VLM server", vlms, wait_s=10),
             "Each VLM is a python model on TensorRT-LLM's LLM API (PyTorch backend) over the Hugging Face "
             f"weights in `{vlms.folder}/<model>/1/weights`: no engine build step (the LLM API's PyTorch "
             "backend refuses engine directories, and NVIDIA deprecated the engine-build path for this "

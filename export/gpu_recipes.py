@@ -29,8 +29,8 @@ PLAN_SHAPES: dict[str, dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[i
     contract.OCR_DET: {contract.OCR_DET_INPUT: ((1, 32, 32, 3), (1, 736, 960, 3), (8, 1280, 1280, 3))},
     contract.OCR_REC: {contract.OCR_REC_INPUT: ((1, 3, 48, 320), (16, 3, 48, 640), (64, 3, 48, 2048))},
     contract.DETECTOR: {
-        contract.DETECTOR_IMAGES: (
-            (1, 64, 64, 3),
+        contract.DETECTOR_IMAGES: (  # photos come downscaled to at most DETECTOR_MAX_SIDE, as thin as 200:1
+            (1, 1, 1, 3),
             (1, 480, 640, 3),
             (8, contract.DETECTOR_MAX_SIDE, contract.DETECTOR_MAX_SIDE, 3),
         )

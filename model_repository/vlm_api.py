@@ -1,13 +1,14 @@
 """What a VLM engine is, without any engine: the `VlmEngine` protocol, its result type and the chat prompt.
 
-Two engines implement it: `vlm_engine.TransformersVlm` (cpu profile: transformers, torch,
-xgrammar) and `vlm_trtllm.TrtLlmVlm` (gpu profile: TensorRT-LLM's LLM API). `vlm_model.py` talks
-to either through this protocol only. This module imports the standard library and numpy and
-nothing else, so each engine module can import it without pulling in the other engine's stack
+`vlm_engine.TransformersVlm` (cpu profile: transformers, torch, xgrammar) implements it, and the
+batched Triton model `vlm_model.py` talks to engines through it only. The gpu profile's model
+(`vlm_trtllm.py`) drives TensorRT-LLM's LLM API per request instead (in-flight batching), but shares
+the result type and the chat prompt. This module imports the standard library and numpy and
+nothing else, so each profile's module can import it without pulling in the other's stack
 (TensorRT-LLM's containers pin their own torch/transformers/xgrammar).
 
-The chat prompt is built here once so both engines feed the checkpoint's own chat template the
-same messages, and a checkpoint gives the same token ids whichever engine serves it.
+The chat prompt is built here once so both profiles feed the checkpoint's own chat template the
+same messages, and a checkpoint gives the same token ids whichever profile serves it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Qwen2-VL generation with transformers on merged weights (the cpu profile's VLM engine).
 
-`TransformersVlm` implements `vlm_api.VlmEngine`; the gpu profile swaps in `vlm_trtllm.TrtLlmVlm`
-behind the same protocol. Model inputs are assembled here once (`VlmInputs`), so the Triton
-model, the exporter's checks and the tests all build the same inputs: `vlm_api.chat_prompt`
-through the checkpoint's own chat template, with the image placeholder expanded to the number
-of merged vision patches as Qwen2-VL's processor does.
+`TransformersVlm` implements `vlm_api.VlmEngine` for `vlm_model.py`'s batched Triton model (the gpu
+profile serves TensorRT-LLM from its own model, `vlm_trtllm.py`, with the same chat prompt). Model
+inputs are assembled here once (`VlmInputs`), so the Triton model, the exporter's checks and the
+tests all build the same inputs: `vlm_api.chat_prompt` through the checkpoint's own chat template,
+with the image placeholder expanded to the number of merged vision patches as Qwen2-VL's processor
+does.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ def serve_geolocator(
         bool, typer.Option("--insecure", help="Allow a non-loopback --host without TLS or tokens.")
     ] = False,
 ) -> None:
-    """Serve the Geolocator gRPC service (and the embedded Triton unless --triton-url) until Ctrl-C."""
+    """Serve the Geolocator gRPC service (and the embedded Triton unless a Triton URL is given: --triton-url,
+    triton_url in --config, or NAVIG_TRITON_URL) until Ctrl-C."""
     try:
         settings = load_settings(
             config,
@@ -124,15 +125,16 @@ def serve_geolocator(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     triton = None
+    external = "triton_url" in settings.model_fields_set  # from the flag, the file or NAVIG_TRITON_URL
     try:
-        if triton_url is None:
+        if not external:
             ports = TritonPorts.free()
             triton = EmbeddedTriton(TritonConfig(model_repository, host=settings.host, ports=ports))
             with console.status(f"starting the embedded Triton on {model_repository}..."):
                 triton.start()
             settings = settings.model_copy(update={"triton_url": triton.grpc_url})
             console.print(f"Triton ready: gRPC {triton.grpc_url}  metrics {triton.metrics_url}")
-        settings = prepare_tools(settings, model_repository if triton_url is None else None, console)
+        settings = prepare_tools(settings, None if external else model_repository, console)
         asyncio.run(_serve(settings, triton))
     except TritonGaveUp as exc:
         console.print(f"[red]error:[/red] {exc}\nexiting with code 1: a supervisor restarts navig serve")

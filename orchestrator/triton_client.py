@@ -34,7 +34,7 @@ class TritonModels:
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         self._client = triton.InferenceServerClient(url, channel_args=options)
-        self._configs: dict[str, tuple[bool, bool]] = {}
+        self._configs: dict[str, bool] = {}
 
     async def close(self) -> None:
         await self._client.close()
@@ -82,17 +82,8 @@ class TritonModels:
         json_schema: str | None = None,
     ) -> AsyncIterator[str]:
         """A VLM answer as pieces of text: many for a decoupled model, one otherwise."""
-        inputs: dict[str, np.ndarray] = {contract.VLM_PROMPT: np.array([prompt.encode()], dtype=np.object_)}
-        if image is not None:
-            inputs[contract.VLM_IMAGE] = image
-        if max_tokens is not None:
-            inputs[contract.VLM_MAX_TOKENS] = np.array([max_tokens], np.int32)
-        # always sent ("" = unconstrained): Triton batches only requests with the same set of inputs,
-        # so the describer's calls and the GUESSER's can share a batch
-        inputs[contract.VLM_JSON_SCHEMA] = np.array([(json_schema or "").encode()], dtype=np.object_)
-        decoupled, batched = await self._shape(model, deadline)
-        if batched:  # dynamic batching: one generation per request, batch dimension 1
-            inputs = {name: array[None] for name, array in inputs.items()}
+        inputs = vlm_inputs(prompt, image, max_tokens, json_schema)
+        decoupled = await self._decoupled(model, deadline)
         if not decoupled:
             outputs = await self.infer(model, inputs, deadline)
             yield outputs[contract.VLM_TEXT].reshape(-1)[0].decode("utf-8")
@@ -122,8 +113,8 @@ class TritonModels:
             responses.cancel()
             self._metrics.triton_latency.labels(model).observe(time.perf_counter() - started)
 
-    async def _shape(self, model: str, deadline: Deadline) -> tuple[bool, bool]:
-        """(decoupled, batched) from the model's config, asked once per model."""
+    async def _decoupled(self, model: str, deadline: Deadline) -> bool:
+        """From the model's config, asked once per model: decoupled models answer through the stream API."""
         if model not in self._configs:
             try:
                 config = await self._client.get_model_config(
@@ -131,10 +122,7 @@ class TritonModels:
                 )
             except InferenceServerException as exc:
                 raise self._failure(model, exc) from None
-            self._configs[model] = (
-                config.config.model_transaction_policy.decoupled,
-                config.config.max_batch_size > 0,
-            )
+            self._configs[model] = config.config.model_transaction_policy.decoupled
         return self._configs[model]
 
     def _failure(self, model: str, exc: InferenceServerException) -> PipelineError:
@@ -145,6 +133,22 @@ class TritonModels:
         if "UNAVAILABLE" in status:
             return Unavailable(f"Triton at {self.url} is unavailable ({exc.message()})")
         return PipelineError(f"Triton model '{model}' failed: {exc.message()}")
+
+
+def vlm_inputs(
+    prompt: str, image: np.ndarray | None, max_tokens: int | None, json_schema: str | None
+) -> dict[str, np.ndarray]:
+    """One generation's tensors, each [1, ...]: a batched model's batch dimension of one request, or the
+    leading 1 the gpu profile's unbatched (in-flight batching) model states in its config."""
+    inputs: dict[str, np.ndarray] = {contract.VLM_PROMPT: np.array([[prompt.encode()]], np.object_)}
+    if image is not None:
+        inputs[contract.VLM_IMAGE] = image[None]
+    if max_tokens is not None:
+        inputs[contract.VLM_MAX_TOKENS] = np.array([[max_tokens]], np.int32)
+    # always sent ("" = unconstrained): Triton batches only requests with the same set of inputs,
+    # so the describer's calls and the GUESSER's can share a batch
+    inputs[contract.VLM_JSON_SCHEMA] = np.array([[(json_schema or "").encode()]], np.object_)
+    return inputs
 
 
 def infer_inputs(inputs: Mapping[str, np.ndarray]) -> list[InferInput]:

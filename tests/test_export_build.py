@@ -25,6 +25,7 @@ from navig.export.cli import app as export_app
 from navig.export.demo_checkpoints import SPEC_FILE, reused_demo_checkpoints
 from navig.export.errors import CheckpointError, ExportError
 from navig.export.fingerprint import export_fingerprint
+from navig.export.gpu_recipes import PLAN_SHAPES
 from navig.export.repository import REPORT_FILE
 from navig.export.spec import ExportSpec, load_spec
 from navig.export.triton_config import ONNX_MODELS
@@ -140,7 +141,8 @@ def test_gpu_build_script_and_honest_note(gpu_repository: Path):
     script = (gpu_repository / gpu_deployment.PLAN_SCRIPT).read_text()
     for model in ONNX_MODELS:
         assert f"--saveEngine=/models/{model}/1/model.plan" in script
-    assert "--minShapes=images:1x64x64x3" in script and "--stronglyTyped" in script
+    detector_min = "x".join(map(str, PLAN_SHAPES[contract.DETECTOR][contract.DETECTOR_IMAGES][0]))
+    assert f"--minShapes=images:{detector_min}" in script and "--stronglyTyped" in script
     assert "--fp16" not in script and "trtllm" not in script
     notes = (gpu_repository / "notes.txt").read_text()
     assert "not run on a GPU" in notes and "README.md" in notes

@@ -3,6 +3,7 @@ user runs first. The gpu profile itself has not run: these runs hold the tool, n
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,15 @@ def reference(triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def check(triton: EmbeddedTriton, reference: Path, *extra: str, vlms_url: str | None = None):
-    args = ["gpu-check", "run", "--encoders-url", triton.grpc_url, "--vlms-url", vlms_url or triton.grpc_url,
-            "--reference", str(reference), "--cancel-after", "0.1", *extra]  # fmt: skip
-    return runner.invoke(app, args, terminal_width=200)
+    """The exit code, the output, and the rows by (model, check) as `--json` wrote them."""
+    rows_file = reference.parent / "rows.json"
+    rows_file.unlink(missing_ok=True)
+    urls = ["--encoders-url", triton.grpc_url, "--vlms-url", vlms_url or triton.grpc_url]
+    options = ["--reference", str(reference), "--cancel-after", "0.1", "--json", str(rows_file)]
+    args = ["gpu-check", "run", *urls, *options, *extra]
+    result = runner.invoke(app, args)
+    rows = json.loads(rows_file.read_text()) if rows_file.exists() else []
+    return result, {(row["model"], row["check"]): row for row in rows}
 
 
 def test_the_cpu_profile_passes_against_its_own_reference(triton: EmbeddedTriton, reference: Path):
@@ -38,11 +45,12 @@ def test_the_cpu_profile_passes_against_its_own_reference(triton: EmbeddedTriton
     compared = {contract.DETECTOR, contract.CLIP_IMAGE, contract.CLIP_TEXT, *contract.OCR_MODELS[:2]}
     assert set(recorded.outputs) == compared
     assert recorded.ocr_texts and all(len(t) == 8 for t in recorded.vlm_tokens.values())
-    result = check(triton, reference, "--no-expect-streaming")
+    result, rows = check(triton, reference, "--no-expect-streaming")
     assert result.exit_code == 0, result.output
-    assert (
-        "all 21 checks passed" in result.output and "DEADLINE_EXCEEDED; next call answered" in result.output
-    )
+    assert "all 21 checks passed" in result.output and len(rows) == 21 and all(r["ok"] for r in rows.values())
+    for model in contract.VLM_MODELS:
+        assert rows[(model, "cancelled")]["measured"] == "DEADLINE_EXCEEDED; next call answered"
+        assert rows[(model, "first tokens")]["measured"] == "8/8 tokens agree"
 
 
 def test_a_wrong_answer_a_missing_stream_and_a_dead_server_each_fail(
@@ -53,20 +61,22 @@ def test_a_wrong_answer_a_missing_stream_and_a_dead_server_each_fail(
     recorded.vlm_tokens[contract.VLM] = [t + 1 for t in recorded.vlm_tokens[contract.VLM]]
     wrong = tmp_path / "wrong.npz"
     recorded.save(wrong)
-    result = check(triton, wrong)  # the cpu profile's VLMs are not decoupled: no streaming either
-    assert result.exit_code == 1, result.output
-    failed = [line for line in result.output.splitlines() if "FAIL" in line]
-    assert len(failed) == 4, result.output
-    assert any("clip_text" in line and "max diff 2.00e-01" in line for line in failed)
-    assert any("vlm" in line and "first tokens" in line and "0/8" in line for line in failed)
-    assert sum("streaming" in line for line in failed) == 2
-    dead = check(triton, reference, "--no-expect-streaming", vlms_url="127.0.0.1:1")
+    result, rows = check(triton, wrong)  # the cpu profile's VLMs are not decoupled: no streaming either
+    assert result.exit_code == 1 and "4 of 21 checks failed" in result.output, result.output
+    failed = {key: row["measured"] for key, row in rows.items() if not row["ok"]}
+    assert set(failed) == {
+        (contract.CLIP_TEXT, "probe"), (contract.VLM, "first tokens"),
+        (contract.REASONER, "streaming"), (contract.VLM, "streaming"),
+    }  # fmt: skip
+    assert failed[(contract.CLIP_TEXT, "probe")] == "embeddings max diff 2.00e-01"
+    assert failed[(contract.VLM, "first tokens")] == "0/8 tokens agree"
+    dead, rows = check(triton, reference, "--no-expect-streaming", vlms_url="127.0.0.1:1")
     assert dead.exit_code == 1 and "Traceback" not in dead.output
-    assert "FAIL" in next(line for line in dead.output.splitlines() if "reasoner" in line and "ready" in line)
+    assert not rows[(contract.REASONER, "ready")]["ok"] and rows[(contract.DETECTOR, "ready")]["ok"]
 
 
 def test_a_file_that_is_no_reference_is_a_usage_error(triton: EmbeddedTriton, tmp_path: Path):
     bogus = tmp_path / "bogus.npz"
     bogus.write_bytes(b"not numpy")
-    result = check(triton, bogus)
+    result, _ = check(triton, bogus)
     assert result.exit_code == 2 and "is not a gpu-check reference" in result.output

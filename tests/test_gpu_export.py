@@ -11,6 +11,7 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from google.protobuf import text_format
@@ -32,6 +33,7 @@ from navig.export.triton_config import (
     write_config,
 )
 from navig.model_repository import contract
+from navig.orchestrator.triton_client import vlm_inputs
 
 # The keys the onnxruntime backend accepts for its TensorRT execution accelerator; any other key fails
 # the model load ("unknown parameter '<k>' is provided for TensorRT Execution Accelerator").
@@ -351,3 +353,20 @@ def test_readme_states_the_llm_budget(deployment: Path):
     assert "| vlm | bfloat16 | 0.35 | 1024 | 8192 | 8 |" in readme
     assert "| reasoner | bfloat16 | 0.35 | - | 8192 | 8 |" in readme
     assert "free" in readme and "kv_cache_max_tokens" in readme
+
+
+@pytest.mark.parametrize("model", contract.VLM_MODELS)
+def test_the_orchestrators_vlm_tensors_fit_both_profiles_configs(tmp_path: Path, model: str):
+    """What `TritonModels.generate` (and `navig gpu-check`) send, against each profile's stated dims."""
+    sent = vlm_inputs("prompt", np.zeros((32, 48, 3), np.uint8), 8, "{}")
+
+    def fits(shape: tuple[int, ...], dims: list[int]) -> bool:
+        return len(shape) == len(dims) and all(d in (-1, s) for s, d in zip(shape, dims))
+
+    gpu = written(tmp_path, model, GpuOptions())
+    cpu = source_config(model)[1]
+    assert cpu.max_batch_size >= 1 and gpu.max_batch_size == 0
+    for name, array in sent.items():
+        assert fits(array.shape, list(next(t for t in gpu.input if t.name == name).dims)), name
+        batch, *rest = array.shape
+        assert batch == 1 and fits(tuple(rest), list(next(t for t in cpu.input if t.name == name).dims)), name

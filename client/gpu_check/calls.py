@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from navig.model_repository import contract
-from navig.orchestrator.triton_client import infer_inputs
+from navig.orchestrator.triton_client import infer_inputs, vlm_inputs
 
 
 @dataclass
@@ -27,16 +27,16 @@ class Server:
     def __init__(self, url: str) -> None:
         self.url = url
         self.client = grpcclient.InferenceServerClient(url)
-        self._configs: dict[str, tuple[bool, bool]] = {}
+        self._configs: dict[str, bool] = {}
 
     def close(self) -> None:
         self.client.close()
 
-    def shape(self, model: str) -> tuple[bool, bool]:
-        """(decoupled, batched), from the served config."""
+    def decoupled(self, model: str) -> bool:
+        """From the served config: decoupled models answer through the stream API."""
         if model not in self._configs:
             config = self.client.get_model_config(model, client_timeout=10.0).config
-            self._configs[model] = (config.model_transaction_policy.decoupled, config.max_batch_size > 0)
+            self._configs[model] = config.model_transaction_policy.decoupled
         return self._configs[model]
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
@@ -48,15 +48,8 @@ class Server:
     ) -> Generated:
         """Greedy generation; raises InferenceServerException with Triton's status (CANCELLED on timeout
         for a stream, DEADLINE_EXCEEDED for a unary call)."""
-        decoupled, batched = self.shape(model)
-        inputs = {
-            contract.VLM_PROMPT: np.array([prompt.encode()], np.object_),
-            contract.VLM_IMAGE: image,
-            contract.VLM_MAX_TOKENS: np.array([max_tokens], np.int32),
-            contract.VLM_JSON_SCHEMA: np.array([json_schema.encode()], np.object_),
-        }
-        if batched:
-            inputs = {name: array[None] for name, array in inputs.items()}
+        decoupled = self.decoupled(model)
+        inputs = vlm_inputs(prompt, image, max_tokens, json_schema)
         started = time.perf_counter()
         out = Generated()
         if not decoupled:

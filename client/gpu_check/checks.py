@@ -133,7 +133,7 @@ def _json_schema(server: Server) -> tuple[str, str, bool]:
 
 
 def _streaming(server: Server, model: str, expect_streaming: bool) -> tuple[str, str, bool]:
-    decoupled, _ = server.shape(model)
+    decoupled = server.decoupled(model)
     out: Generated = server.generate(model, PROMPT, probe_image(), VLM_TOKENS, "", 120.0)
     measured = f"{out.responses} responses ({'decoupled' if decoupled else 'not decoupled'})"
     if not expect_streaming:

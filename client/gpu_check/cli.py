@@ -6,6 +6,8 @@ profile's answers come from the reference file `record` wrote.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
@@ -71,6 +73,7 @@ def run_command(
     cancel_after: Annotated[
         float, typer.Option(help="Deadline of the generation that must be cut short, seconds.", min=0.01)
     ] = 1.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the rows as JSON here.")] = None,
 ) -> None:
     """One request to every model (an image, a JSON schema, a streamed and a cancelled generation),
     compared with the cpu profile; exits 1 when any check fails."""
@@ -91,6 +94,8 @@ def run_command(
         for server in servers.values():
             server.close()
     console.print(_table(rows, expected))
+    if json_out is not None:
+        json_out.write_text(json.dumps([dataclasses.asdict(row) for row in rows], indent=1) + "\n")
     failed = [row for row in rows if not row.ok]
     if failed:
         errors.print(f"[red]{len(failed)} of {len(rows)} checks failed[/red]")
