@@ -150,7 +150,7 @@ def locate(
         list[str] | None,
         typer.Option(
             metavar="TOOL",
-            help=f"Skip a SEARCHER tool ({', '.join(registry.names())} or a server plugin); repeatable.",
+            help=f"Skip a SEARCHER tool ({', '.join(registry.builtin_names())}, a plugin); repeatable.",
         ),
     ] = None,
 ) -> None:

@@ -114,11 +114,25 @@ def llm_kwargs(params: dict[str, str], weights: Path, llmapi: Any) -> dict[str, 
 
 
 def check_schema(json_schema: str) -> None:
-    """Only JSON is checked before submission: xgrammar compiles the schema inside TensorRT-LLM,
-    where a schema it refuses fails that request alone (RequestError)."""
+    """The schema becomes xgrammar's grammar before submission (`json_grammar`): one it refuses is
+    this request's INVALID_ARGUMENT."""
+    json_grammar(json_schema)
+
+
+@functools.lru_cache(maxsize=16)  # a handful of schemas (the GUESSER's), each asked for many times
+def json_grammar(json_schema: str) -> str:
+    """The schema as xgrammar's EBNF, without free whitespace, as the cpu engine compiles it.
+
+    TensorRT-LLM compiles `GuidedDecodingParams(json=...)` with xgrammar's default
+    `any_whitespace=True`: an answer could then spend its budget (`prompts.GUESS_MAX_TOKENS`, sized
+    for compact JSON) on spaces and be cut off. So the model sends `grammar=` (EBNF) instead, built
+    here by the xgrammar the TensorRT-LLM image ships for its own guided decoding."""
+    import xgrammar  # imported here: the cpu profile's stack must not load with this module
+
     try:
         json.loads(json_schema)
-    except ValueError as exc:
+        return str(xgrammar.Grammar.from_json_schema(json_schema, any_whitespace=False))
+    except Exception as exc:  # json's ValueError; xgrammar raises RuntimeError/ValueError for schemas
         raise unusable_schema(exc) from exc
 
 
@@ -134,8 +148,8 @@ def llm_inputs(tokenizer: ChatTokenizer, prompt: str, image: np.ndarray | None) 
 
 def sampling_params(llmapi: Any, row: Row) -> Any:
     """Greedy (`top_k=1` is greedy in `SamplingParams.params_imply_greedy_decoding`); `max_tokens`
-    always set (the LLM API's default is 32); the JSON schema as guided decoding."""
-    guided = llmapi.GuidedDecodingParams(json=row.json_schema) if row.json_schema is not None else None
+    always set (the LLM API's default is 32); the JSON schema as guided decoding, by its grammar."""
+    guided = llmapi.GuidedDecodingParams(grammar=json_grammar(row.json_schema)) if row.json_schema else None
     return llmapi.SamplingParams(max_tokens=row.max_tokens, top_k=1, guided_decoding=guided)
 
 

@@ -139,6 +139,9 @@ def serve_geolocator(
     except TritonGaveUp as exc:
         console.print(f"[red]error:[/red] {exc}\nexiting with code 1: a supervisor restarts navig serve")
         raise typer.Exit(1) from exc
+    except SettingsError as exc:  # a tool's own settings (`tools:`) are read when the tools load
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
     except (TritonLaunchError, OSError, GazetteerError, GuidebookError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc

@@ -4,16 +4,20 @@ user runs first. The gpu profile itself has not run: these runs hold the tool, n
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
 from navig.client.cli import app
 from navig.client.gpu_check.probes import Reference
+from navig.export.triton_config import set_streaming
 from navig.model_repository import contract
-from navig.orchestrator.embedded_triton import EmbeddedTriton
+from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 
 runner = CliRunner()
 
@@ -73,6 +77,36 @@ def test_a_wrong_answer_a_missing_stream_and_a_dead_server_each_fail(
     dead, rows = check(triton, reference, "--no-expect-streaming", vlms_url="127.0.0.1:1")
     assert dead.exit_code == 1 and "Traceback" not in dead.output
     assert not rows[(contract.REASONER, "ready")]["ok"] and rows[(contract.DETECTOR, "ready")]["ok"]
+
+
+@pytest.fixture(scope="module")
+def streaming_vlms(
+    model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedTriton]:
+    """The session's VLMs made decoupled (streaming), as the gpu profile's are, on their own Triton."""
+    repository = tmp_path_factory.mktemp("streaming_vlms")
+    for model in contract.VLM_MODELS:
+        (repository / model / "1").mkdir(parents=True)
+        for item in ("model.py", "weights"):
+            (repository / model / "1" / item).symlink_to(model_repository / model / "1" / item)
+        config = text_format.Parse((model_repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
+        set_streaming(config, True)
+        (repository / model / "config.pbtxt").write_text(text_format.MessageToString(config))
+    with EmbeddedTriton(TritonConfig(repository, ports=TritonPorts.free())) as server:
+        yield server
+
+
+def test_decoupled_vlms_stream_and_are_cancelled_mid_stream(
+    triton: EmbeddedTriton, streaming_vlms: EmbeddedTriton, reference: Path
+):
+    """The gpu profile's path through gpu-check: stream API, final flags, a stream cancelled by the client."""
+    result, rows = check(triton, reference, vlms_url=streaming_vlms.grpc_url)  # streaming expected
+    assert result.exit_code == 0, result.output
+    for model in contract.VLM_MODELS:
+        assert rows[(model, "streaming")]["measured"].endswith("(decoupled)")
+        assert int(rows[(model, "streaming")]["measured"].split()[0]) > 1
+        assert rows[(model, "cancelled")]["measured"] == "cancelled after the first piece; next call answered"
+        assert rows[(model, "first tokens")]["measured"] == "8/8 tokens agree"
 
 
 def test_a_file_that_is_no_reference_is_a_usage_error(triton: EmbeddedTriton, tmp_path: Path):

@@ -209,23 +209,31 @@ def test_evidence_order_follows_the_tools_ranks():
     assert searcher.evidence_order() == ["map", "ocr", "language", "guidebook", "describer"]
 
 
-def test_the_detector_sees_the_photo_downscaled_to_its_profile_and_crops_come_from_the_full_photo():
-    seen: list[tuple[int, ...]] = []
+def test_models_see_the_photo_downscaled_and_crops_come_from_the_full_photo():
+    """A 12 MP photo: the detector, OCR and CLIP get it at DETECTOR_MAX_SIDE (gRPC's message limit, the
+    detector's TensorRT profile), the describer's VLM gets crops at vlm_image_max_side (image tokens)."""
+    seen: dict[str, list[tuple[int, ...]]] = {}
     models = FakeModels()
-    infer = models.infer
+    infer, generate = models.infer, models.generate
 
-    async def spy(model: str, inputs, deadline):
-        if model == contract.DETECTOR:
-            seen.append(inputs[contract.DETECTOR_IMAGES].shape)
+    async def spy_infer(model: str, inputs, deadline):
+        seen.setdefault(model, []).append(next(iter(inputs.values())).shape)
         return await infer(model, inputs, deadline)
 
-    models.infer = spy  # type: ignore[method-assign]
-    settings = load_settings()
-    searcher = Searcher(settings, models, Metrics(), [])
+    def spy_generate(model: str, prompt: str, deadline, image=None, max_tokens=None, json_schema=None):
+        seen.setdefault(model, []).append(image.shape)
+        return generate(model, prompt, deadline, image, max_tokens, json_schema)
+
+    models.infer, models.generate = spy_infer, spy_generate  # type: ignore[method-assign]
+    settings = load_settings(describe_houses=1, describe_signs=1)
+    searcher = Searcher(settings, models, Metrics(), tools(settings, FakeMap()))
     big = np.zeros((3000, 4000, 3), np.uint8)
-    options = RunOptions(use_reasoner=False, use_vlm_guesser=False, tools=frozenset(), max_new_tokens=16)
-    found = asyncio.run(
-        searcher.run(big, options, Deadline.after(10), Timeline(print, Metrics()), lambda _: None)
-    )
-    assert seen == [(1, 960, contract.DETECTOR_MAX_SIDE, 3)]
+    options = RunOptions(use_reasoner=False, use_vlm_guesser=False, tools=ALL_TOOLS, max_new_tokens=16)
+    timeline = Timeline(lambda _: None, Metrics())
+    found = asyncio.run(searcher.run(big, options, Deadline.after(10), timeline, lambda _: None))
+    view = (960, contract.DETECTOR_MAX_SIDE, 3)
+    assert seen[contract.DETECTOR] == [(1, *view)] and seen[contract.OCR][0] == view
+    assert seen[contract.OCR][1] == (600, 1600, 3)  # the sign crop, cut from the full photo
+    assert seen[contract.CLIP_IMAGE] == [(3, 224, 224, 3)]
+    assert sorted(seen[contract.VLM]) == [(240, 640, 3), (480, 640, 3)]  # sign 1600 x 600, house 1600 x 1200
     assert found.evidence[0].result == "road sign at [400, 300, 2000, 900]"

@@ -56,9 +56,11 @@ def test_register_refuses_clashes_unknown_prerequisites_and_bad_names(counter: t
         registry.register(type("Other", (Counter,), {}))
     with pytest.raises(ValueError, match="register those first"):
         registry.register(type("Late", (Counter,), {"name": "late", "after": ("later",)}))
-    for name in ("detector", "not a name", ""):
+    for name in ("detector", "guesser", "not a name", ""):
         with pytest.raises(ValueError, match="identifier"):
             registry.register(type("Bad", (Counter,), {"name": name}))
+    with pytest.raises(ValueError, match="no LocateOptions and Settings field"):
+        registry.register(type("Bad", (Counter,), {"name": "bad", "option": "use_bad"}))
     assert registry.register(Counter) is Counter  # the same class again is a no-op
 
 
@@ -104,3 +106,34 @@ def test_a_registered_tool_the_server_has_not_set_up_is_just_off():
     settings = load_settings()  # no guidebook_dir: no guidebook tool on this server
     options = run_options(pb.LocateOptions(tools={"guidebook": True}), settings, [])
     assert options.tools == frozenset()
+
+
+def test_plugins_load_in_dependency_order_and_a_broken_one_is_left_out(monkeypatch, caplog):
+    class Second(Counter):
+        name = "second"
+        after = ("counter",)
+
+    class Broken(Counter):
+        name = "broken"
+        after = ("nobody",)
+
+    class Entry:
+        def __init__(self, name: str, tool: object) -> None:
+            self.name, self.value, self.tool = name, f"tests:{name}", tool
+
+        def load(self) -> object:
+            if isinstance(self.tool, Exception):
+                raise self.tool
+            return self.tool
+
+    entries = [Entry("second", Second), Entry("broken", Broken), Entry("counter", Counter),
+               Entry("crashes", ImportError("no module named plates"))]  # fmt: skip
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: entries)
+    registry._plugins.cache_clear()
+    try:
+        assert registry.names()[-2:] == ["counter", "second"]
+        assert "crashes" in caplog.text and "broken" in caplog.text
+    finally:
+        for name in ("counter", "second"):
+            registry.unregister(name)
+        registry._plugins.cache_clear()

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import xgrammar
 from conftest import CANCELLED  # the regex the Triton-server tests read cancelled generations with
 
 FAKES = Path(__file__).parent / "fakes"
@@ -175,7 +176,7 @@ def test_each_request_is_its_own_generate_async_and_they_generate_together(start
     assert ("generate", None) not in llm.fake_log  # never the blocking batch call
     for r, submitted in zip(requests, llm.fake_requests, strict=True):
         (only,) = sent(r)
-        expected = fakes.llm_module.fake_answer(submitted.inputs["prompt"], None)[:8]
+        expected = fakes.llm_module.fake_answer(submitted.inputs["prompt"], False)[:8]
         assert only.final and text_of(fakes.pb, only.response) == expected
 
 
@@ -190,7 +191,7 @@ def test_streaming_sends_each_step_as_a_diff_and_exactly_one_final(start, fakes)
 
     (submitted,) = model._llm.fake_requests
     assert submitted.streaming is True
-    expected = fakes.llm_module.fake_answer(chat("Where?", image=True), None)[:30]
+    expected = fakes.llm_module.fake_answer(chat("Where?", image=True), False)[:30]
     responses = sent(r)
     assert [s.final for s in responses] == [False] * (len(responses) - 1) + [True]
     assert not any(s.response.has_error() for s in responses)
@@ -206,7 +207,7 @@ def test_without_streaming_one_final_response_carries_the_whole_answer(start, fa
     answered(r)
 
     (only,) = sent(r)
-    expected = fakes.llm_module.fake_answer(chat("Where?", image=False), None)[:30]
+    expected = fakes.llm_module.fake_answer(chat("Where?", image=False), False)[:30]
     assert only.final and model._llm.fake_requests[0].streaming is False
     assert text_of(fakes.pb, only.response) == expected
     assert ids_of(fakes.pb, only.response) == list(expected.encode())
@@ -236,7 +237,10 @@ def test_prompt_image_and_sampling_params_follow_the_llm_api(start, fakes):
     GuidedDecodingParams = fakes.trtllm.llmapi.GuidedDecodingParams
     assert first.sampling_params.max_tokens == 17 and second.sampling_params.max_tokens == 5
     assert first.sampling_params.guided_decoding is None and third.sampling_params.guided_decoding is None
-    assert second.sampling_params.guided_decoding == GuidedDecodingParams(json=schema)
+    # xgrammar's grammar without free whitespace (TensorRT-LLM compiles `json=` with any_whitespace=True)
+    compact = str(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False))
+    assert second.sampling_params.guided_decoding == GuidedDecodingParams(grammar=compact)
+    assert compact != str(xgrammar.Grammar.from_json_schema(schema))
     for submitted in (first, second, third):
         assert submitted.sampling_params._greedy_decoding  # greedy, as on the cpu engine
 
@@ -247,7 +251,7 @@ def test_a_bad_row_fails_only_its_own_response(start, fakes):
     good = request(pb, "Where?", photo(), max_tokens=10)
     bad = {
         "json_schema is not a usable JSON schema": request(pb, json_schema="{not json"),
-        "rejected by TensorRT-LLM: fake xgrammar": request(pb, json_schema='{"type": "no-such-type"}'),
+        "json_schema is not a usable JSON schema: ": request(pb, json_schema='{"type": "no-such-type"}'),
         "should not exceed max_num_tokens (256)": request(pb, "Where?", photo(560, 560)),  # 400 image tokens
         "aspect ratio above 200": request(pb, "Where?", photo(28, 5_660)),
         "smaller than 28 px": request(pb, "Where?", photo(20, 84)),

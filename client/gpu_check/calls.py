@@ -44,10 +44,18 @@ class Server:
         return {output.name: result.as_numpy(output.name) for output in result.get_response().outputs}
 
     def generate(
-        self, model: str, prompt: str, image: np.ndarray, max_tokens: int, json_schema: str, timeout_s: float
+        self,
+        model: str,
+        prompt: str,
+        image: np.ndarray,
+        max_tokens: int,
+        json_schema: str,
+        timeout_s: float,
+        cancel_after_first: bool = False,
     ) -> Generated:
-        """Greedy generation; raises InferenceServerException with Triton's status (CANCELLED on timeout
-        for a stream, DEADLINE_EXCEEDED for a unary call)."""
+        """Greedy generation; raises InferenceServerException with Triton's status (DEADLINE_EXCEEDED
+        past `timeout_s`). `cancel_after_first` (decoupled models): the client cancels the stream once
+        the first piece arrives, and CANCELLED is raised."""
         decoupled = self.decoupled(model)
         inputs = vlm_inputs(prompt, image, max_tokens, json_schema)
         started = time.perf_counter()
@@ -56,11 +64,18 @@ class Server:
             answer = self.infer(model, inputs, timeout_s)
             _add(out, answer[contract.VLM_TEXT], answer.get(contract.VLM_TOKEN_IDS))
         else:
-            self._stream(model, inputs, timeout_s, out)
+            self._stream(model, inputs, timeout_s, out, cancel_after_first)
         out.seconds = time.perf_counter() - started
         return out
 
-    def _stream(self, model: str, inputs: dict[str, np.ndarray], timeout_s: float, out: Generated) -> None:
+    def _stream(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float,
+        out: Generated,
+        cancel_after_first: bool,
+    ) -> None:
         results: queue.Queue = queue.Queue()
         self.client.start_stream(lambda result, error: results.put((result, error)), stream_timeout=timeout_s)
         try:
@@ -77,6 +92,10 @@ class Server:
                 response = result.get_response()
                 if response.outputs:
                     _add(out, result.as_numpy(contract.VLM_TEXT), result.as_numpy(contract.VLM_TOKEN_IDS))
+                    if cancel_after_first:
+                        raise InferenceServerException(
+                            "cancelled by the client", status="StatusCode.CANCELLED"
+                        )
                 if response.parameters["triton_final_response"].bool_param:
                     return
         finally:

@@ -142,15 +142,18 @@ def _streaming(server: Server, model: str, expect_streaming: bool) -> tuple[str,
 
 
 def _cancelled(server: Server, model: str, after_s: float) -> tuple[str, str, bool]:
-    """A generation whose deadline passes ends then, and the model answers the next request."""
+    """A generation the client gives up on ends then, and the model answers the next request. A
+    decoupled model's stream is cancelled after its first piece; a unary call by its deadline. That the
+    server also stopped generating shows in its log ("generation stopped after N tokens")."""
+    decoupled = server.decoupled(model)
     try:
-        out = server.generate(model, COUNT, probe_image(), LONG, "", after_s)
+        out = server.generate(model, COUNT, probe_image(), LONG, "", after_s, cancel_after_first=decoupled)
     except InferenceServerException as exc:
         status = str(exc.status() or "")
         if "CANCELLED" not in status and "DEADLINE_EXCEEDED" not in status:
             raise
         after = server.generate(model, PROMPT, probe_image(), 1, "", 60.0)
-        ok = len(after.token_ids) >= 1
-        return f"{status.removeprefix('StatusCode.')}; next call answered", "ended at its deadline", ok
+        how = "cancelled after the first piece" if decoupled else status.removeprefix("StatusCode.")
+        return f"{how}; next call answered", "ends; log: generation stopped", len(after.token_ids) >= 1
     measured = f"finished first: {len(out.token_ids)} tokens in {out.seconds:.1f} s, not cancelled"
-    return measured, "ended at its deadline", False
+    return measured, "ends; log: generation stopped", False

@@ -6,6 +6,7 @@ import asyncio
 
 from navig.model_repository import contract
 from navig.orchestrator import prompts
+from navig.orchestrator.images import downscale
 from navig.orchestrator.results import Evidence
 from navig.orchestrator.searcher.ocr import SIGNS
 from navig.orchestrator.searcher.search import Crop, Search
@@ -25,10 +26,10 @@ class DescribeCrops(SearchTool):
         chosen = [c for c in houses + signs if min(c.pixels.shape[:2]) >= settings.min_image_side]
 
         async def describe(crop: Crop) -> str:
-            pieces = search.models.generate(
-                contract.VLM, prompts.DESCRIBE[crop.label], search.deadline, crop.pixels,
-                search.options.max_new_tokens,
-            )  # fmt: skip
+            # the VLMs' view, as for the REASONER: a large crop would cost thousands of image tokens
+            pixels = downscale(crop.pixels, settings.vlm_image_max_side, settings.min_image_side)
+            prompt, budget = prompts.DESCRIBE[crop.label], search.options.max_new_tokens
+            pieces = search.models.generate(contract.VLM, prompt, search.deadline, pixels, budget)
             return "".join([piece async for piece in pieces]).strip()
 
         comments = await asyncio.gather(*(describe(crop) for crop in chosen))

@@ -31,7 +31,8 @@ class LanguageOfText(SearchTool):
         found = search.found
         if not found.lines:
             return
-        found.language, found.country_prior = self.prior(found.lines)
-        for code, weight in sorted(found.country_prior.items(), key=lambda kv: -kv[1])[:3]:
+        found.language, prior = self.prior(found.lines)
+        found.country_prior.update(prior)  # added to, never replaced: other tools may vote too
+        for code, weight in sorted(prior.items(), key=lambda kv: -kv[1])[:3]:
             result = f"{found.language} is spoken in {code}"
             search.record(Evidence(self.name, " | ".join(found.lines), result, "CLDR", weight, code))

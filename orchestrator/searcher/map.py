@@ -39,8 +39,9 @@ class SearchMap(SearchTool):
         found = search.found
         if not found.lines:
             return
-        found.places = await self.backend.search(found.lines, self.settings.map_limit)
-        for p in found.places:
+        places = await self.backend.search(found.lines, self.settings.map_limit)
+        found.places.extend(places)  # added to, never replaced: other tools may add candidates too
+        for p in places:
             where = ", ".join(part for part in (p.name, p.admin1, p.country_code) if part)
             search.record(Evidence(self.name, p.matched, where, p.source, p.score, p.country_code,
                                    p.latitude, p.longitude))  # fmt: skip

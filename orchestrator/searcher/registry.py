@@ -10,6 +10,7 @@ import functools
 import importlib.metadata
 import logging
 
+from navig.orchestrator.api.geolocator_pb2 import LocateOptions
 from navig.orchestrator.searcher.describer import DescribeCrops
 from navig.orchestrator.searcher.guidebook import ConsultGuidebook
 from navig.orchestrator.searcher.language import LanguageOfText
@@ -24,13 +25,18 @@ ENTRY_POINTS = "navig.search_tools"
 _tools: dict[str, type[SearchTool]] = {}
 
 
+RESERVED = ("queue", "decode", "reasoner", "searcher", "detector", "guesser", "vlm_guesser")  # stage names
+OPTIONS = frozenset(LocateOptions.DESCRIPTOR.fields_by_name) & frozenset(Settings.model_fields)
+
+
 def register(tool: type[SearchTool]) -> type[SearchTool]:
     """Adds a tool class (usable as a decorator). Its name must be new and its `after` tools known."""
     name = getattr(tool, "name", "")
-    if not name.isidentifier() or name in ("detector", "reasoner", "vlm_guesser"):
-        raise ValueError(
-            f"{tool.__qualname__}: a tool name is an identifier and not a stage name, got {name!r}"
-        )
+    if not name.isidentifier() or name in RESERVED:
+        raise ValueError(f"{tool.__qualname__}: a tool name is an identifier, not a stage name: {name!r}")
+    if tool.option is not None and tool.option not in OPTIONS:
+        field = f"option {tool.option!r} is no LocateOptions and Settings field"
+        raise ValueError(f"{name}: {field} (a plugin's option is None)")
     if _tools.get(name, tool) is not tool:
         raise ValueError(f"a tool named {name} is registered already ({_tools[name].__qualname__})")
     missing = [n for n in tool.after if n not in _tools]
@@ -46,9 +52,22 @@ def unregister(name: str) -> None:
 
 @functools.cache
 def _plugins() -> None:
-    """Tools other installed packages declare; loaded once, on first use of the registry."""
+    """Tools other installed packages declare; loaded once, on first use of the registry, in an order
+    where each comes after the tools it names in `after`. A plugin that fails is logged and left out."""
+    pending = []
     for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
-        register(entry.load())
+        try:
+            pending.append(entry.load())
+        except Exception:
+            log.exception("search tool plugin %s (%s) does not load: left out", entry.name, entry.value)
+    while pending:
+        ready = [tool for tool in pending if all(name in _tools for name in tool.after)]
+        for tool in ready or pending:  # none ready: what is left names tools nobody registers
+            pending.remove(tool)
+            try:
+                register(tool)
+            except (ValueError, AttributeError) as exc:
+                log.error("search tool plugin %r left out: %s", tool, exc)
 
 
 def registered() -> list[type[SearchTool]]:
@@ -58,6 +77,11 @@ def registered() -> list[type[SearchTool]]:
 
 def names() -> list[str]:
     return [tool.name for tool in registered()]
+
+
+def builtin_names() -> list[str]:
+    """Without loading plugins: for help texts, which must not fail with a broken plugin."""
+    return [tool.name for tool in BUILTIN]
 
 
 def create_tools(settings: Settings) -> list[SearchTool]:
@@ -75,5 +99,6 @@ def create_tools(settings: Settings) -> list[SearchTool]:
     return created
 
 
-for _builtin in (ReadSigns, LanguageOfText, SearchMap, ConsultGuidebook, DescribeCrops):
+BUILTIN = (ReadSigns, LanguageOfText, SearchMap, ConsultGuidebook, DescribeCrops)
+for _builtin in BUILTIN:
     register(_builtin)

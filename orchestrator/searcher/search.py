@@ -63,7 +63,8 @@ class Search:
     models: Models
     settings: Settings
     options: RunOptions
-    image: np.ndarray  # RGB, full resolution
+    image: np.ndarray  # RGB, full resolution: crops are cut from it
+    view: np.ndarray  # the photo downscaled to DETECTOR_MAX_SIDE: what models are sent as "the photo"
     deadline: Deadline
     emit: Emit
     crops: list[Crop] = field(default_factory=list)
@@ -74,9 +75,9 @@ class Search:
         self.emit(evidence)
 
     def regions(self, labels: Sequence[str]) -> list[tuple[str, np.ndarray]]:
-        """The whole photo first, then the crops with these labels, each named for the evidence."""
+        """The photo (its `view`) first, then the crops with these labels, each named for the evidence."""
         crops = [(c.where, c.pixels) for c in self.crops if c.label in labels]
-        return [("photo", self.image), *crops]
+        return [("photo", self.view), *crops]
 
 
 class Searcher:
@@ -97,9 +98,12 @@ class Searcher:
     async def run(
         self, image: np.ndarray, options: RunOptions, deadline: Deadline, timeline: Timeline, emit: Emit
     ) -> Findings:
-        search = Search(self.models, self.settings, options, image, deadline, emit)
         with timeline.stage("detector"):
-            search.crops = await self._detect(image, deadline)
+            # a 12 MP photo is ~36 MB of pixels, over gRPC's message limit; the detector's graph, OCR and
+            # CLIP resize it far below this anyway, and the detector's TensorRT profile ends here
+            view = await asyncio.to_thread(downscale, image, contract.DETECTOR_MAX_SIDE, 1)
+            search = Search(self.models, self.settings, options, image, view, deadline, emit)
+            search.crops = await self._detect(image, view, deadline)
         for crop in search.crops:
             search.record(Evidence("detector", crop.label, crop.where, contract.DETECTOR, crop.score))
         finished: dict[str, asyncio.Task[bool]] = {}
@@ -134,10 +138,8 @@ class Searcher:
         self.metrics.tool_results.labels(tool.name, "hit" if hit else "miss").inc()
         return True
 
-    async def _detect(self, image: np.ndarray, deadline: Deadline) -> list[Crop]:
+    async def _detect(self, image: np.ndarray, view: np.ndarray, deadline: Deadline) -> list[Crop]:
         settings = self.settings
-        # the detector's graph resizes to its fixed size anyway; its TensorRT profile ends at this side
-        view = await asyncio.to_thread(downscale, image, contract.DETECTOR_MAX_SIDE, 1)
         out = await self.models.infer(contract.DETECTOR, {contract.DETECTOR_IMAGES: view[None]}, deadline)
         height, width = image.shape[:2]  # boxes come as fractions: crops are cut from the full photo
         scale = np.array([width, height, width, height], np.float32)

@@ -48,10 +48,11 @@ JSON_SCHEMA_TYPES = ("object", "array", "string", "number", "integer", "boolean"
 EOS, PAD = 256, 257  # past the byte-level vocabulary
 
 
-def fake_answer(prompt: str, json_schema: str | None) -> str:
-    """What the fake "generates" for a prompt (before `max_tokens` cuts it): one token per byte."""
+def fake_answer(prompt: str, guided: bool) -> str:
+    """What the fake "generates" for a prompt (before `max_tokens` cuts it): one token per byte; JSON
+    when guided."""
     digest = hashlib.sha256(prompt.encode()).hexdigest()
-    return json.dumps({"answer": digest[:12]}) if json_schema is not None else f"answer {digest * 4}"
+    return json.dumps({"answer": digest[:12]}) if guided else f"answer {digest * 4}"
 
 
 class FakeTokenizer:
@@ -315,8 +316,8 @@ class LLM:
             executor=self._executor,
             tokenizer=self._tokenizer,
         )
-        schema = sampling_params.guided_decoding.json if sampling_params.guided_decoding else None
-        answer = fake_answer(inputs["prompt"], schema)
+        guided = sampling_params.guided_decoding
+        answer = fake_answer(inputs["prompt"], guided is not None and (guided.json or guided.grammar))
         tokens = self._tokenizer.encode(answer)[: sampling_params.max_tokens]
         finish_reason = "length" if len(tokens) == sampling_params.max_tokens else "stop"
         self.fake_requests.append(FakeRequest(result.request_id, inputs, sampling_params, streaming))
