@@ -31,7 +31,8 @@ from navig.export.cli import quiet_transformers
 from navig.export.samples import SAMPLES_DIR, load_samples
 from navig.model_repository import contract
 from navig.model_repository.ocr_pipeline import OcrPipeline, OcrSettings
-from navig.model_repository.vlm_engine import Generation, TransformersVlm
+from navig.model_repository.vlm_api import Generation
+from navig.model_repository.vlm_engine import TransformersVlm
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.metrics import Metrics
 from navig.orchestrator.options import RunOptions, server_defaults

@@ -26,7 +26,7 @@ class VlmSpec(_Section):
     base: Path  # Qwen2-VL Hugging Face folder: served as `vlm` (GUESSER, describer)
     reasoner_adapter: Path | None = None  # peft LoRA folder: merged into `reasoner`
     merge_tolerance: float = 1e-3  # max |logit| difference, merged vs PEFT
-    stream: bool = False  # decoupled models: one response per new piece of text
+    stream: bool = False  # cpu: decoupled models, one response per new piece of text (gpu: always)
     max_tokens: int = Field(128, ge=1, le=contract.MAX_NEW_TOKENS)
     max_batch: int = Field(8, ge=1, le=64)  # concurrent requests per batched generate (Triton max_batch_size)
     max_queue_delay_us: int = Field(5000, ge=0)  # how long a request may wait for others to join its batch

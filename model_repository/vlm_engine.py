@@ -30,7 +30,6 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-# Generation, IsCancelled and never_cancelled live in vlm_api; benchmarks still import them from here.
 from navig.model_repository.vlm_api import (
     Generation,
     IsCancelled,

@@ -40,12 +40,7 @@ from navig.model_repository.vlm_api import Generation, VlmEngine
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = backend.model_config(args)
-        self.name = args["model_name"]
         params = backend.parameters(config)
-        weights = backend.version_dir(args) / params.get("weights", "weights")
-        self.default_max_tokens = int(params.get("max_tokens", "128"))
-        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
-        self.engine: VlmEngine
         if params.get("engine", "transformers") == "tensorrt_llm":
             # gpu profile: NVIDIA's LLM-API pattern (decoupled, one `generate_async` per request), its
             # own model class; the stub calls `execute`/`finalize` by name, so this instance hands over.
@@ -54,11 +49,15 @@ class TritonPythonModel:
             gpu = LlmApiModel()
             gpu.initialize(args)
             self.execute, self.finalize = gpu.execute, gpu.finalize
-        else:
-            from navig.model_repository.vlm_engine import TransformersVlm
+            return
+        from navig.model_repository.vlm_engine import TransformersVlm
 
-            threads, max_padding = int(params.get("threads", "0")), int(params.get("max_padding", "512"))
-            self.engine = TransformersVlm(weights, threads=threads, max_padding=max_padding)
+        self.name = args["model_name"]
+        self.default_max_tokens = int(params.get("max_tokens", "128"))
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        weights = backend.version_dir(args) / params.get("weights", "weights")
+        threads, max_padding = int(params.get("threads", "0")), int(params.get("max_padding", "512"))
+        self.engine: VlmEngine = TransformersVlm(weights, threads=threads, max_padding=max_padding)
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
         if self.decoupled:
