@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     vlm_image_max_side: int = Field(
         640, ge=contract.MIN_IMAGE_SIDE, description="photos are downscaled to this for the VLMs"
     )
-    box_threshold: float = Field(0.35, ge=0, le=1, description="GroundingDINO box score (NAVIG: 0.35)")
+    box_threshold: float = Field(0.35, ge=0, le=1, description="GroundingDINO box score (NAVIG code: 0.65)")
     min_crop_side: int = Field(32, ge=1, description="smaller detections are not worth a crop")
     max_crops: int = Field(12, ge=0, description="per photo, best scores first")
     describe_houses: int = Field(3, ge=0, description="house crops the describer comments on (NAVIG: 3)")
