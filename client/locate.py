@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +35,7 @@ from navig.client.results import LocateResult
 from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.searcher import registry
+from navig.orchestrator.settings import PIPELINES
 
 
 class Exit(IntEnum):
@@ -43,6 +44,9 @@ class Exit(IntEnum):
     USAGE = 2
     UNAVAILABLE = 3
     RPC_ERROR = 4
+
+
+Pipeline = StrEnum("Pipeline", {name: name for name in PIPELINES})  # the choices of --pipeline
 
 
 UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -93,10 +97,17 @@ def image_format(path: Path) -> str | None:
 
 
 def build_options(
-    max_new_tokens: int | None, disabled: set[str], skip: list[str], no_reasoning: bool, no_evidence: bool
+    max_new_tokens: int | None,
+    disabled: set[str],
+    skip: list[str],
+    no_reasoning: bool,
+    no_evidence: bool,
+    pipeline: str | None = None,
 ) -> pb.LocateOptions:
     """Only what the user switched: every unset field keeps the server's setting."""
     fields: dict[str, Any] = dict.fromkeys(disabled, False)
+    if pipeline is not None:
+        fields["pipeline"] = pb.PipelineMode.Value(pipeline.upper())  # ValueError: no such mode
     if skip:
         fields["tools"] = dict.fromkeys(skip, False)
     if max_new_tokens is not None:
@@ -144,6 +155,13 @@ def locate(
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Per VLM generation (server default).", min=1)
     ] = None,
+    pipeline: Annotated[
+        Pipeline | None,
+        typer.Option(
+            case_sensitive=False,
+            help="fast (the product) or reference (NAVIG's calls); server setting when not given.",
+        ),
+    ] = None,
     no_reasoner: Annotated[bool, typer.Option("--no-reasoner", help="Skip the REASONER.")] = False,
     no_vlm_guesser: Annotated[bool, typer.Option("--no-vlm-guesser", help="Evidence guesser only.")] = False,
     skip: Annotated[
@@ -183,7 +201,8 @@ def locate(
         raise typer.Exit(Exit.USAGE) from None
     switches = {"use_reasoner": no_reasoner, "use_vlm_guesser": no_vlm_guesser}
     disabled = {k for k, off in switches.items() if off}
-    options = build_options(max_new_tokens, disabled, skip or [], no_reasoning, no_evidence)
+    chosen = pipeline.value if pipeline is not None else None
+    options = build_options(max_new_tokens, disabled, skip or [], no_reasoning, no_evidence, chosen)
     view = {"reasoning": not no_reasoning, "evidence": not no_evidence}
     worst = Exit.OK
     try:

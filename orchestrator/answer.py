@@ -5,12 +5,16 @@ country; these checks still hold for engines without one. Invalid answers (unkno
 coordinates out of range, a JSON cut off when the token budget ran out: "truncated") raise
 `InvalidAnswer`; the pipeline then answers with the evidence guesser and
 flags `vlm_guesser` as degraded with the reason.
+
+The reference pipeline's GUESSER writes free text (NAVIG has no grammar): `parse_lenient` finds its JSON
+the way NAVIG's `parse_json` does (docs/navig-reference.md 8.8), then applies the same checks.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +41,41 @@ def parse_answer(text: str) -> VlmAnswer:
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):  # valid, then cut
             raise InvalidAnswer(f"truncated: the JSON stopped after {len(text)} characters") from None
         raise InvalidAnswer(f"not JSON ({exc})") from None
+    return _checked(answer)
+
+
+# NAVIG's parse_json, rewritten from its description: the first {...} (shortest, across lines) only;
+# a ```json fence stripped; json.loads; then twice more, each from the unrepaired text: with a stray
+# quote after a number value removed ('"latitude": 48.85",'), and with commas before a '}' removed.
+_FIRST_OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
+_QUOTE_AFTER_NUMBER = re.compile(r'(":\s*)(-?\d+\.?\d*)"')
+_COMMA_BEFORE_BRACE = re.compile(r",(\s*\})")
+
+
+def lenient_json(text: str) -> Any:
+    """The object NAVIG's parser would read from a free-text answer; None when it reads none."""
+    match = _FIRST_OBJECT.search(text)
+    if match is None:
+        return None
+    part = match.group(0).strip().removeprefix("```json").removesuffix("```").strip()
+    repairs = (part, _QUOTE_AFTER_NUMBER.sub(r"\1\2", part), _COMMA_BEFORE_BRACE.sub(r"\1", part))
+    for candidate in repairs:
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
+def parse_lenient(text: str) -> VlmAnswer:
+    """A free-text answer: `lenient_json`, then `parse_answer`'s checks."""
+    answer = lenient_json(text)
+    if answer is None:
+        raise InvalidAnswer("no JSON object in the answer")
+    return _checked(answer)
+
+
+def _checked(answer: Any) -> VlmAnswer:
     if not isinstance(answer, dict):
         raise InvalidAnswer("not a JSON object")
     latitude, longitude = _number(answer, "latitude", 90), _number(answer, "longitude", 180)

@@ -3,24 +3,32 @@
 The evidence guesser's answer is always computed (it is cheap). It is the answer when the VLM
 GUESSER is off, fails, or writes something `answer.parse_answer` rejects; the response then says
 so in `answered_by` and lists the VLM's rejection under `degraded`.
+
+The reference pipeline asks with NAVIG's prompt assembly (`prompts.reference_guesser_prompt`, fed by
+`reference_prompt`) and lets the VLM write freely (NAVIG has no grammar) within the request's token
+budget; `answer.parse_lenient` reads it as NAVIG's parser would, then checks it as above. The evidence
+guesser behind it is the product's safety net: NAVIG has none (an unparsable answer is a failure).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from navig.model_repository import contract
-from navig.orchestrator import evidence_guesser, prompts
-from navig.orchestrator.answer import InvalidAnswer, VlmAnswer, parse_answer
+from navig.orchestrator import evidence_guesser, navig_reference, prompts
+from navig.orchestrator.answer import InvalidAnswer, VlmAnswer, parse_answer, parse_lenient
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable
 from navig.orchestrator.geo import haversine_km
 from navig.orchestrator.models import Models
 from navig.orchestrator.results import Component, Degradation, Location
 from navig.orchestrator.searcher.search import Findings
+from navig.orchestrator.tools.base import Place
+from navig.orchestrator.tools.countries import country_name
 
 # Confidence of a valid VLM answer: the model states none, so it is read off agreement with the evidence.
 VLM_AGREES_CITY_KM = 25.0
@@ -45,20 +53,30 @@ async def decide(
     use_vlm: bool,
     deadline: Deadline,
     evidence_order: Sequence[str],
+    pipeline: str = "fast",
+    max_new_tokens: int = navig_reference.MAX_NEW_TOKENS,
 ) -> Verdict:
-    """`evidence_order`: the SEARCHER tools whose evidence the prompt carries, most useful first."""
+    """`evidence_order`: the SEARCHER tools whose evidence the fast prompt carries, most useful first.
+    `max_new_tokens`: the reference GUESSER's budget (the fast one's is its grammar's bound)."""
     fallback = evidence_guesser.guess(findings.places, findings.country_prior, findings.guide_hits)
     verdict = _from_evidence(fallback)
     if not use_vlm:
         return verdict
-    prompt = prompts.guesser_prompt(reasoning, evidence_lines(findings, evidence_order))
+    reference = pipeline == "reference"
     try:
-        # the grammar bounds the answer's length: with this budget the JSON always completes
-        pieces = models.generate(
-            contract.VLM, prompt, deadline, image, prompts.GUESS_MAX_TOKENS, prompts.GUESS_SCHEMA_JSON
-        )
-        verdict.guesser_output = "".join([piece async for piece in pieces])
-        answer = parse_answer(verdict.guesser_output)
+        if reference:  # free text, as NAVIG asks; read leniently, then checked
+            prompt = reference_prompt(reasoning, findings)
+            pieces = models.generate(contract.VLM, prompt, deadline, image, max_new_tokens)
+            verdict.guesser_output = "".join([piece async for piece in pieces])
+            answer = parse_lenient(verdict.guesser_output)
+        else:
+            prompt = prompts.guesser_prompt(reasoning, evidence_lines(findings, evidence_order))
+            # the grammar bounds the answer's length: with this budget the JSON always completes
+            pieces = models.generate(
+                contract.VLM, prompt, deadline, image, prompts.GUESS_MAX_TOKENS, prompts.GUESS_SCHEMA_JSON
+            )
+            verdict.guesser_output = "".join([piece async for piece in pieces])
+            answer = parse_answer(verdict.guesser_output)
     except (Unavailable, DeadlineExceeded):
         raise
     except (PipelineError, InvalidAnswer) as exc:
@@ -68,9 +86,36 @@ async def decide(
     return Verdict(
         _vlm_location(answer, fallback),
         Component.VLM_GUESSER,
-        [_vlm_reason(answer, fallback)],
+        [_vlm_reason(answer, fallback, reference)],
         verdict.guesser_output,
     )
+
+
+def reference_prompt(reasoning: str, findings: Findings) -> str:
+    """The reference GUESSER's prompt from the reference SEARCHER's findings, selected as NAVIG does:
+    texts read that are not exactly NO_TEXT, labels with none dropped; every place the map found, in
+    the order of the texts; comments; guidebook clues deduplicated per label (NAVIG's `set` order
+    depends on PYTHONHASHSEED: first seen here). Labels in NAVIG's PROMPT_ORDER."""
+    order = navig_reference.PROMPT_ORDER
+    texts = {}
+    for label in order:
+        kept = [t for t in findings.texts.get(label, []) if t and t != navig_reference.NO_TEXT]
+        if kept:
+            texts[label] = kept
+    comments = {label: findings.comments[label] for label in order if findings.comments.get(label)}
+    clues = {
+        label: list(dict.fromkeys(hit.text for hit in findings.guide_by_label[label]))
+        for label in order
+        if findings.guide_by_label.get(label)
+    }
+    places = [_place(p) for p in findings.places]
+    return prompts.reference_guesser_prompt(reasoning, texts, places, comments, clues)
+
+
+def _place(place: Place) -> dict[str, Any]:
+    """A map result as the reference prompt lists it (NAVIG: name, address, coordinates)."""
+    address = ", ".join(p for p in (place.name, place.admin1, country_name(place.country_code)) if p)
+    return {"name": place.name, "address": address, "latitude": place.latitude, "longitude": place.longitude}
 
 
 def evidence_lines(findings: Findings, order: Sequence[str]) -> list[str]:
@@ -101,11 +146,12 @@ def _agreement(answer: VlmAnswer, evidence: evidence_guesser.Guess | None) -> st
     return "city" if distance <= VLM_AGREES_CITY_KM else "country"
 
 
-def _vlm_reason(answer: VlmAnswer, evidence: evidence_guesser.Guess | None) -> str:
+def _vlm_reason(answer: VlmAnswer, evidence: evidence_guesser.Guess | None, reference: bool = False) -> str:
     agreement = {
         "city": "the evidence points within 25 km",
         "country": "the evidence points to the same country",
         "alone": "no evidence to check it against",
         "disagrees": f"the evidence points to {evidence.country_code if evidence else ''} instead",
     }[_agreement(answer, evidence)]
-    return f"VLM GUESSER (grammar-constrained JSON): {answer.city or '?'}, {answer.country}; {agreement}"
+    how = "reference prompt, free text read leniently" if reference else "grammar-constrained JSON"
+    return f"VLM GUESSER ({how}): {answer.city or '?'}, {answer.country}; {agreement}"

@@ -38,7 +38,7 @@ class Pipeline:
         models = [contract.DETECTOR]
         for tool in self.searcher.tools:
             if tool.name in defaults.tools:
-                models += tool.models
+                models += tool.models_in(defaults.pipeline)
         models += [contract.REASONER] if defaults.use_reasoner else []
         models += [contract.VLM] if defaults.use_vlm_guesser else []
         return list(dict.fromkeys(models))
@@ -72,6 +72,8 @@ class Pipeline:
                         options.use_vlm_guesser,
                         deadline,
                         self.searcher.evidence_order(),
+                        options.pipeline,
+                        options.max_new_tokens,
                     )
         except TimeoutError:
             raise DeadlineExceeded("deadline exceeded") from None

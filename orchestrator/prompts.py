@@ -7,11 +7,14 @@ so evaluation results stay attributable to the wording that produced them.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pycountry
 
-PROMPTS_VERSION = "2026-12-01.1"  # the GUESSER schema: country names, bounded city and coordinates
+from navig.orchestrator.navig_reference import NO_TEXT
+
+PROMPTS_VERSION = "2026-12-01.2"  # the reference pipeline's prompts: READ_TEXT, REFERENCE_GUESSER
 
 REASONER = (
     "You are an expert GeoGuessr player. Analyse this photo to work out where it was taken. "
@@ -77,3 +80,81 @@ def guesser_prompt(reasoning: str, evidence: Sequence[str]) -> str:
         reasoning=reasoning.strip() or "(none)",
         evidence="\n".join(f"- {line}" for line in evidence) or "(none)",
     )
+
+
+# --- the reference pipeline (NAVIG's calls) ------------------------------------------------------------
+# NAVIG's repository has no licence, so its prompt strings are not copied: these follow the structure
+# and intent of its prompts (docs/navig-reference.md sections 7-9) in our own words. The REASONER and the
+# describer use the prompts above in both pipelines.
+
+# The base VLM reading one crop for the map search (NAVIG's `osm_gen`): the text, or NO_TEXT.
+READ_TEXT = (
+    "Read the writing in this picture that could help tell where it is, such as shop names, the text of "
+    "street or road signs, place names or other markers. Reply with that writing exactly as it appears "
+    "and add no explanation. If the picture has no such writing, or it is illegible or says nothing "
+    f"about a place, reply {NO_TEXT}."
+)
+
+# The reference GUESSER's prompt: one template per section, concatenated in NAVIG's order (base, intro,
+# reason, map, details, guidebook, outro) under NAVIG's conditions (`reference_guesser_prompt`).
+REFERENCE_GUESSER = {
+    "base": (
+        "You are a geolocation specialist. Work out where this photo was taken: its country, its city "
+        'and its coordinates. Reply with JSON of the form {{"country": "", "city": "", "latitude": 0.0, '
+        '"longitude": 0.0}} and nothing else. Give a best guess at every level even when you are unsure, '
+        "and never leave a value empty or unknown.\n\n"
+    ),
+    "intro": (
+        "Below are notes from other specialists and from searches. Use them to place the photo, but "
+        "weigh them with care: they can be wrong or have nothing to do with it, so keep what is useful "
+        "and ignore the rest. The notes:\n"
+    ),
+    "reason": "[Specialist's reasoning] {reasoning}\n",
+    "map": (
+        "[Map search] Text read on the signs and buildings of the photo: {texts}. A map search for that "
+        "text found these places: {places}. The text and the places may have nothing to do with where "
+        "the photo was taken.\n"
+    ),
+    "details": (
+        "[Details] Specialists looked at single objects in the photo and concluded:{comments}\n"
+        "Take these as hints only.\n"
+    ),
+    "guidebook": (
+        "[Guidebook] Parts of this photo look like examples in a geolocation guidebook, whose notes say:"
+        "{clues}\n"
+    ),
+    "item": "\n{label}: {text}",  # one line of the details or the guidebook section
+    "outro": (
+        "Using these notes as a guide, estimate as precisely as you can where the photo was taken, down "
+        'to the coordinates if you can. Reply with JSON only, in exactly this shape: {{"country": '
+        '"<country name>", "city": "<city name>", "latitude": <number>, "longitude": <number>}}. Fill in '
+        "every value with your best estimate and add no other text.\n"
+    ),
+}
+
+
+def reference_guesser_prompt(
+    reasoning: str,
+    texts: Mapping[str, Sequence[str]],
+    places: Sequence[Mapping[str, Any]],
+    comments: Mapping[str, Sequence[str]],
+    clues: Mapping[str, Sequence[str]],
+) -> str:
+    """NAVIG's assembly: base, intro and the REASONER's text (even empty) always; the map section when
+    the map found places; details when a label has a comment; the guidebook when a label has a clue; the
+    outro. Labels in the order given (the caller's: NAVIG's PROMPT_ORDER)."""
+    sections = REFERENCE_GUESSER
+    prompt = [sections["base"].format(), sections["intro"], sections["reason"].format(reasoning=reasoning)]
+    if places:
+        text_json = json.dumps(dict(texts), ensure_ascii=False)
+        prompt.append(
+            sections["map"].format(texts=text_json, places=json.dumps(list(places), ensure_ascii=False))
+        )
+    details = "".join(sections["item"].format(label=k, text=" ".join(v)) for k, v in comments.items() if v)
+    if details:
+        prompt.append(sections["details"].format(comments=details))
+    found = "".join(sections["item"].format(label=k, text=" ".join(v)) for k, v in clues.items() if v)
+    if found:
+        prompt.append(sections["guidebook"].format(clues=found))
+    prompt.append(sections["outro"].format())
+    return "".join(prompt)

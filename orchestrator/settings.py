@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, YamlConfigSettingsSource
 
 from navig.model_repository import contract
+
+# `fast`: the product (PP-OCR, capped describer, grammar-constrained GUESSER). `reference`: NAVIG's
+# calls, thresholds and GUESSER prompt (orchestrator/navig_reference.py; docs/navig-reference.md).
+PipelineName = Literal["fast", "reference"]
+PIPELINES: tuple[str, ...] = get_args(PipelineName)
 
 _SETTINGS_FILE: ContextVar[Path | None] = ContextVar("navig_settings_file", default=None)
 
@@ -70,19 +75,24 @@ class Settings(BaseSettings):
     min_image_side: int = Field(contract.MIN_IMAGE_SIDE, ge=contract.MIN_IMAGE_SIDE, description="both sides")
 
     # --- pipeline --------------------------------------------------------------------------
+    pipeline: PipelineName = Field("fast", description="fast (the product) or reference (NAVIG's calls)")
     use_reasoner: bool = True
     use_ocr: bool = True
     use_map_search: bool = True
     use_guidebook: bool = True
     use_describer: bool = True
     use_vlm_guesser: bool = True
-    max_new_tokens: int = Field(128, ge=1, le=contract.MAX_NEW_TOKENS)
+    max_new_tokens: int = Field(
+        128, ge=1, le=contract.MAX_NEW_TOKENS, description="fast pipeline; reference: NAVIG's 256"
+    )
     vlm_image_max_side: int = Field(
         640, ge=contract.MIN_IMAGE_SIDE, description="photos are downscaled to this for the VLMs"
     )
-    box_threshold: float = Field(0.35, ge=0, le=1, description="GroundingDINO box score (NAVIG code: 0.65)")
-    min_crop_side: int = Field(32, ge=1, description="smaller detections are not worth a crop")
-    max_crops: int = Field(12, ge=0, description="per photo, best scores first")
+    box_threshold: float = Field(
+        0.35, ge=0, le=1, description="fast pipeline's GroundingDINO box score (reference: NAVIG's 0.65)"
+    )
+    min_crop_side: int = Field(32, ge=1, description="fast pipeline: smaller detections are not worth a crop")
+    max_crops: int = Field(12, ge=0, description="per photo, best scores first; both pipelines")
     describe_houses: int = Field(3, ge=0, description="house crops the describer comments on (NAVIG: 3)")
     describe_signs: int = Field(3, ge=0, description="sign crops the describer comments on")
 

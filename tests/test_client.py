@@ -318,6 +318,7 @@ def test_json_lines_name_each_image(server: FakeServer, photos: list[Path]):
     assert records[0]["evidence"][0]["query"] == "Köln 82 km"
     assert server.fake.requests[0].options.HasField("use_reasoner")
     assert not server.fake.requests[0].options.HasField("use_map_search")
+    assert server.fake.requests[0].options.pipeline == pb.PIPELINE_MODE_UNSPECIFIED  # the server's setting
 
 
 def test_globs_token_env_and_switches(server: FakeServer, photos: list[Path]):
@@ -334,6 +335,8 @@ def test_globs_token_env_and_switches(server: FakeServer, photos: list[Path]):
         "--skip",
         "ocr",
         "--no-evidence",
+        "--pipeline",
+        "REFERENCE",
     ]
     result = navig_locate(*args, env={"NAVIG_TOKEN": "from-env"})
     assert result.exit_code == 0, result.output
@@ -341,6 +344,7 @@ def test_globs_token_env_and_switches(server: FakeServer, photos: list[Path]):
     options = server.fake.requests[0].options
     assert options.max_new_tokens == 8 and dict(options.tools) == {"map": False, "ocr": False}
     assert not options.return_evidence and not options.HasField("use_map_search")
+    assert options.pipeline == pb.REFERENCE
     assert server.fake.metadata[0]["authorization"] == "Bearer from-env"
 
 

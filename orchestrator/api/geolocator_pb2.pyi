@@ -7,12 +7,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PipelineMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIPELINE_MODE_UNSPECIFIED: _ClassVar[PipelineMode]
+    FAST: _ClassVar[PipelineMode]
+    REFERENCE: _ClassVar[PipelineMode]
+
 class Component(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     COMPONENT_UNSPECIFIED: _ClassVar[Component]
     VLM_GUESSER: _ClassVar[Component]
     EVIDENCE_GUESSER: _ClassVar[Component]
     NONE: _ClassVar[Component]
+PIPELINE_MODE_UNSPECIFIED: PipelineMode
+FAST: PipelineMode
+REFERENCE: PipelineMode
 COMPONENT_UNSPECIFIED: Component
 VLM_GUESSER: Component
 EVIDENCE_GUESSER: Component
@@ -29,7 +38,7 @@ class LocateRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[LocateOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LocateOptions(_message.Message):
-    __slots__ = ("use_reasoner", "use_ocr", "use_map_search", "use_guidebook", "use_describer", "use_vlm_guesser", "max_new_tokens", "return_reasoning", "return_evidence", "tools")
+    __slots__ = ("use_reasoner", "use_ocr", "use_map_search", "use_guidebook", "use_describer", "use_vlm_guesser", "max_new_tokens", "return_reasoning", "return_evidence", "tools", "pipeline")
     class ToolsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +56,7 @@ class LocateOptions(_message.Message):
     RETURN_REASONING_FIELD_NUMBER: _ClassVar[int]
     RETURN_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
     use_reasoner: bool
     use_ocr: bool
     use_map_search: bool
@@ -57,7 +67,8 @@ class LocateOptions(_message.Message):
     return_reasoning: bool
     return_evidence: bool
     tools: _containers.ScalarMap[str, bool]
-    def __init__(self, use_reasoner: _Optional[bool] = ..., use_ocr: _Optional[bool] = ..., use_map_search: _Optional[bool] = ..., use_guidebook: _Optional[bool] = ..., use_describer: _Optional[bool] = ..., use_vlm_guesser: _Optional[bool] = ..., max_new_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ..., return_evidence: _Optional[bool] = ..., tools: _Optional[_Mapping[str, bool]] = ...) -> None: ...
+    pipeline: PipelineMode
+    def __init__(self, use_reasoner: _Optional[bool] = ..., use_ocr: _Optional[bool] = ..., use_map_search: _Optional[bool] = ..., use_guidebook: _Optional[bool] = ..., use_describer: _Optional[bool] = ..., use_vlm_guesser: _Optional[bool] = ..., max_new_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ..., return_evidence: _Optional[bool] = ..., tools: _Optional[_Mapping[str, bool]] = ..., pipeline: _Optional[_Union[PipelineMode, str]] = ...) -> None: ...
 
 class Location(_message.Message):
     __slots__ = ("country", "country_code", "city", "latitude", "longitude", "confidence")

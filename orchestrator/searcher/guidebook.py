@@ -1,4 +1,7 @@
-"""CLIP on the photo and every crop in one batch, then the guidebook's nearest clues (FAISS)."""
+"""CLIP in one batch, then the guidebook's nearest clues (FAISS). Fast: the photo and every crop, k =
+`guidebook_k`. Reference (NAVIG's RAG step): only the first crop of each label, k = GUIDEBOOK_K, not the
+photo. Both keep hits above `guidebook_threshold`: a cosine similarity of normalised CLIP vectors, where
+NAVIG's thresholds are L2 distances of raw ViT-B/32 features and cannot carry over."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from PIL import Image
 from rich.console import Console
 
 from navig.model_repository import contract
+from navig.orchestrator import navig_reference
 from navig.orchestrator.results import Evidence
 from navig.orchestrator.searcher.search import Search
 from navig.orchestrator.searcher.tool import SearchTool, ToolConfig
@@ -22,6 +26,7 @@ class ConsultGuidebook(SearchTool):
     name = "guidebook"
     option = "use_guidebook"
     models = (contract.CLIP_IMAGE,)
+    modes = frozenset({"fast", "reference"})
     evidence_rank = 40
 
     def __init__(self, settings: Settings, config: ToolConfig) -> None:
@@ -48,6 +53,9 @@ class ConsultGuidebook(SearchTool):
 
     async def run(self, search: Search) -> None:
         settings = self.settings
+        if search.reference:
+            await self._first_crops(search)
+            return
         regions = search.regions(contract.DETECTOR_PROMPTS)
         batch = np.stack([_square(pixels, CLIP_SIDE) for _, pixels in regions])
         out = await search.models.infer(
@@ -60,6 +68,25 @@ class ConsultGuidebook(SearchTool):
             for hit in region_hits:
                 search.found.guide_hits.append(hit)
                 search.record(Evidence(self.name, where, hit.text, hit.source or hit.entry_id, hit.score,
+                                       hit.country_code))  # fmt: skip
+
+    async def _first_crops(self, search: Search) -> None:
+        first = {}  # label -> its first crop in detector order
+        for crop in search.crops:
+            first.setdefault(crop.label, crop)
+        chosen = [first[label] for label in navig_reference.PROMPT_ORDER if label in first]
+        if not chosen:
+            return
+        batch = np.stack([_square(crop.pixels, CLIP_SIDE) for crop in chosen])
+        out = await search.models.infer(
+            contract.CLIP_IMAGE, {contract.CLIP_IMAGE_IMAGES: batch}, search.deadline
+        )
+        k, threshold = navig_reference.GUIDEBOOK_K, self.settings.guidebook_threshold
+        for crop, crop_hits in zip(chosen, self.index.search(out[contract.CLIP_EMBEDDINGS], k, threshold)):
+            search.found.guide_by_label.setdefault(crop.label, []).extend(crop_hits)
+            for hit in crop_hits:
+                search.found.guide_hits.append(hit)
+                search.record(Evidence(self.name, crop.where, hit.text, hit.source or hit.entry_id, hit.score,
                                        hit.country_code))  # fmt: skip
 
 

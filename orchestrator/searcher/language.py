@@ -21,6 +21,7 @@ def language_prior(high_accuracy: bool) -> LanguagePrior:
 class LanguageOfText(SearchTool):
     name = "language"
     after = ("ocr",)
+    modes = frozenset({"fast"})  # NAVIG has no language prior
     evidence_rank = 30
 
     def __init__(self, settings: Settings, config: ToolConfig) -> None:

@@ -1,12 +1,20 @@
-"""The text read, looked up on a map: the offline GeoNames gazetteer, or Nominatim/Photon over HTTP."""
+"""The text read, looked up on a map: the offline GeoNames gazetteer, or Nominatim/Photon over HTTP.
+
+Fast: every line read, in one search, with the language prior. Reference (NAVIG's `getOSM`): one
+search per text read, its best MAP_RESULTS_PER_TEXT places, no language prior.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import functools
 import logging
 from pathlib import Path
 
 from rich.console import Console
 
+from navig.orchestrator import navig_reference
 from navig.orchestrator.results import Evidence
 from navig.orchestrator.searcher.language import language_prior
 from navig.orchestrator.searcher.search import Search
@@ -21,6 +29,7 @@ class SearchMap(SearchTool):
     name = "map"
     option = "use_map_search"
     after = ("ocr",)
+    modes = frozenset({"fast", "reference"})
     evidence_rank = 10  # a place named on a sign is the strongest evidence there is
 
     def __init__(self, settings: Settings, config: ToolConfig) -> None:
@@ -39,12 +48,27 @@ class SearchMap(SearchTool):
         found = search.found
         if not found.lines:
             return
-        places = await self.backend.search(found.lines, self.settings.map_limit)
+        if search.reference:
+            texts = [" ".join(text.split()) for text in found.lines]  # the whole answer is one query
+            per_text = navig_reference.MAP_RESULTS_PER_TEXT
+            answers = await asyncio.gather(*(self.backend_without_prior.search([t], per_text) for t in texts))
+            places = [place for answer in answers for place in answer[:per_text]]
+        else:
+            places = await self.backend.search(found.lines, self.settings.map_limit)
         found.places.extend(places)  # added to, never replaced: other tools may add candidates too
         for p in places:
             where = ", ".join(part for part in (p.name, p.admin1, p.country_code) if part)
             search.record(Evidence(self.name, p.matched, where, p.source, p.score, p.country_code,
                                    p.latitude, p.longitude))  # fmt: skip
+
+    @functools.cached_property
+    def backend_without_prior(self) -> MapSearch:
+        """The backend, without a language prior if it has one (the gazetteer): the reference pipeline's."""
+        if getattr(self.backend, "language_prior", None) is None:
+            return self.backend
+        plain = copy.copy(self.backend)  # shares the index
+        plain.language_prior = None  # type: ignore[attr-defined]
+        return plain
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -17,7 +17,7 @@ from navig.orchestrator.searcher.language import LanguageOfText
 from navig.orchestrator.searcher.map import SearchMap
 from navig.orchestrator.searcher.ocr import ReadSigns
 from navig.orchestrator.searcher.tool import SearchTool
-from navig.orchestrator.settings import Settings, SettingsError
+from navig.orchestrator.settings import PIPELINES, Settings, SettingsError
 
 log = logging.getLogger("navig.tools")
 ENTRY_POINTS = "navig.search_tools"
@@ -37,6 +37,9 @@ def register(tool: type[SearchTool]) -> type[SearchTool]:
     if tool.option is not None and tool.option not in OPTIONS:
         field = f"option {tool.option!r} is no LocateOptions and Settings field"
         raise ValueError(f"{name}: {field} (a plugin's option is None)")
+    modes = getattr(tool, "modes", None)
+    if not isinstance(modes, frozenset) or not modes or not modes <= set(PIPELINES):
+        raise ValueError(f"{name}: modes {modes!r} is no non-empty frozenset of {', '.join(PIPELINES)}")
     if _tools.get(name, tool) is not tool:
         raise ValueError(f"a tool named {name} is registered already ({_tools[name].__qualname__})")
     missing = [n for n in tool.after if n not in _tools]

@@ -4,6 +4,10 @@ Tools run as soon as the tools they read (`after`) have finished; a tool whose p
 off or failed is skipped. A tool that fails is recorded as degraded and the search goes on; only
 a lost Triton (UNAVAILABLE) or the deadline ends the request. Every Triton call of one photo is
 batched or fanned out at once, and Triton's dynamic batcher merges it with other requests' calls.
+
+A request's pipeline (`options.pipeline`) picks the crop rule (fast: `box_threshold`, `min_crop_side`;
+reference: NAVIG's, from `navig_reference`) and the tools that run (those whose `modes` name it);
+each tool follows the pipeline's rules in `run`. `max_crops` bounds the crops in both.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from navig.model_repository import contract
+from navig.orchestrator import navig_reference
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable, first_error
 from navig.orchestrator.images import downscale
@@ -52,6 +58,10 @@ class Findings:
     language: str = ""  # language of the text (language)
     country_prior: dict[str, float] = field(default_factory=dict)
     guide_hits: list[GuideHit] = field(default_factory=list)  # (guidebook)
+    # by crop label, in crop order, for the reference GUESSER's sections:
+    texts: dict[str, list[str]] = field(default_factory=dict)  # every answer of the VLM reading a crop
+    comments: dict[str, list[str]] = field(default_factory=dict)  # the describer's comments
+    guide_by_label: dict[str, list[GuideHit]] = field(default_factory=dict)  # hits of a label's first crop
     evidence: list[Evidence] = field(default_factory=list)
     degraded: list[Degradation] = field(default_factory=list)
 
@@ -79,6 +89,20 @@ class Search:
         crops = [(c.where, c.pixels) for c in self.crops if c.label in labels]
         return [("photo", self.view), *crops]
 
+    @property
+    def reference(self) -> bool:
+        return self.options.pipeline == "reference"
+
+    async def ask_vlm(self, prompt: str, pixels: np.ndarray) -> str:
+        """The base VLM's answer about one crop, stripped, within the request's token budget. The crop
+        is seen as the VLMs see the photo (long side at most `vlm_image_max_side`: image tokens), and a
+        crop thinner than the VLM's smallest patch grid is stretched to it (NAVIG's qwen-vl-utils
+        resizes such crops up too)."""
+        s = self.settings
+        view = fit_for_vlm(pixels, s.vlm_image_max_side, s.min_image_side)
+        pieces = self.models.generate(contract.VLM, prompt, self.deadline, view, self.options.max_new_tokens)
+        return "".join([piece async for piece in pieces]).strip()
+
 
 class Searcher:
     """The server's tools, in registry order; `run` searches one photo."""
@@ -103,14 +127,14 @@ class Searcher:
             # CLIP resize it far below this anyway, and the detector's TensorRT profile ends here
             view = await asyncio.to_thread(downscale, image, contract.DETECTOR_MAX_SIDE, 1)
             search = Search(self.models, self.settings, options, image, view, deadline, emit)
-            search.crops = await self._detect(image, view, deadline)
+            search.crops = await self._detect(image, view, deadline, search.reference)
         for crop in search.crops:
             search.record(Evidence("detector", crop.label, crop.where, contract.DETECTOR, crop.score))
         finished: dict[str, asyncio.Task[bool]] = {}
         try:
             async with asyncio.TaskGroup() as tasks:
                 for tool in self.tools:  # a tool's `after` tools are registered before it
-                    if tool.name in options.tools:
+                    if tool.name in options.tools and options.pipeline in tool.modes:
                         needs = [finished.get(name) for name in tool.after]
                         finished[tool.name] = tasks.create_task(self._run(tool, needs, search, timeline))
         except BaseExceptionGroup as group:
@@ -138,8 +162,13 @@ class Searcher:
         self.metrics.tool_results.labels(tool.name, "hit" if hit else "miss").inc()
         return True
 
-    async def _detect(self, image: np.ndarray, view: np.ndarray, deadline: Deadline) -> list[Crop]:
-        settings = self.settings
+    async def _detect(
+        self, image: np.ndarray, view: np.ndarray, deadline: Deadline, reference: bool
+    ) -> list[Crop]:
+        """The crops, best score first. Fast: score >= box_threshold and both sides >= min_crop_side.
+        Reference (NAVIG's utils.py): score > BOX_THRESHOLD (strict), kept iff width or height >=
+        CROP_MIN_SIDE, no cap per label. Both: at most max_crops (a safety cap NAVIG does not have)."""
+        settings, side = self.settings, navig_reference.CROP_MIN_SIDE
         out = await self.models.infer(contract.DETECTOR, {contract.DETECTOR_IMAGES: view[None]}, deadline)
         height, width = image.shape[:2]  # boxes come as fractions: crops are cut from the full photo
         scale = np.array([width, height, width, height], np.float32)
@@ -147,11 +176,29 @@ class Searcher:
                          out[contract.DETECTOR_LABELS][0])  # fmt: skip
         crops: list[Crop] = []
         for box, score, label in detections:
-            if score < settings.box_threshold or len(crops) >= settings.max_crops:
+            low = score <= navig_reference.BOX_THRESHOLD if reference else score < settings.box_threshold
+            if low or len(crops) >= settings.max_crops:
                 break  # scores come sorted, best first
             x0, y0, x1, y1 = np.clip(np.round(box * scale), 0, scale).astype(int).tolist()
-            if min(x1 - x0, y1 - y0) < settings.min_crop_side:
+            w, h = x1 - x0, y1 - y0
+            if reference:  # also skipped: a crop empty once clipped (NAVIG skips crops it cannot save)
+                small = (w < side and h < side) or min(w, h) <= 0
+            else:
+                small = min(w, h) < settings.min_crop_side
+            if small:
                 continue
             pixels = np.ascontiguousarray(image[y0:y1, x0:x1])
             crops.append(Crop(contract.DETECTOR_PROMPTS[int(label)], float(score), (x0, y0, x1, y1), pixels))
         return crops
+
+
+def fit_for_vlm(pixels: np.ndarray, max_side: int, min_side: int) -> np.ndarray:
+    """`downscale` to `max_side`; a crop thinner than `min_side` (a reference crop is kept for one long
+    side) is stretched to it, its long side then at most `max_side` (thin crops lose their aspect)."""
+    pixels = downscale(pixels, max_side, min_side)
+    height, width = pixels.shape[:2]
+    if min(height, width) >= min_side:
+        return pixels
+    scale = min_side / min(height, width)
+    width, height = (max(min_side, min(round(side * scale), max_side)) for side in (width, height))
+    return np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BICUBIC))

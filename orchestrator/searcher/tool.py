@@ -35,6 +35,8 @@ class SearchTool(abc.ABC):
     option: ClassVar[str | None] = None  # the built-ins' `LocateOptions`/`Settings` field (`use_ocr`)
     after: ClassVar[tuple[str, ...]] = ()  # tools whose findings it reads: it runs when they succeeded
     models: ClassVar[tuple[str, ...]] = ()  # Triton models it calls: health waits for them when it is on
+    # pipelines it runs in; a plugin does not know NAVIG's rules, so it is off in `reference` unless it says
+    modes: ClassVar[frozenset[str]] = frozenset({"fast"})
     evidence_rank: ClassVar[int] = 100  # its evidence's place in the GUESSER prompt, lowest first
     Config: ClassVar[type[ToolConfig]] = ToolConfig
 
@@ -65,6 +67,11 @@ class SearchTool(abc.ABC):
         """One-time builds before serving, with progress on `console` (an index, an embedding of a
         guidebook with the repository's CLIP); returns the settings to serve with."""
         return settings
+
+    @classmethod
+    def models_in(cls, pipeline: str) -> tuple[str, ...]:
+        """The Triton models it calls in this pipeline (`models` unless a mode calls others)."""
+        return cls.models
 
     def on_by_default(self) -> bool:
         return bool(getattr(self.settings, self.option)) if self.option else self.config.enabled
