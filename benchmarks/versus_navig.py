@@ -6,8 +6,25 @@ On the same `--preset` checkpoints and the same sample photos, with the same new
    admission queue does not cap it);
 2. in-process: the orchestrator's own pipeline with every model called in-process
    (`benchmarks/in_process.py`), one photo at a time: the compute on the critical path;
-3. baseline: `benchmarks/navig_baseline`, the reference's loop in eager PyTorch, one photo at a time
+3. baseline: `benchmarks/navig_baseline`, NAVIG's calls in eager PyTorch, one photo at a time
    (it has no concurrency: its throughput is the same at every level).
+Every side warms up on one photo first (not timed); the in-process side and the baseline run in
+their own processes with OMP_WAIT_POLICY=PASSIVE (as the VLM stubs) and torch's default thread count
+(as the VLM stubs and the in-process side: `threads` 0).
+
+Every side records its work, per photo, in total and as a mean per photo (`baseline.work`,
+`in_process.work` and `served_work` in the JSON, one shape): crops, generations, prompt and
+generated tokens (where measurable), calls per model, CLIP and index reloads.
+- baseline: its own counters (`benchmarks/navig_baseline`, checked from outside by
+  tests/test_navig_baseline.py).
+- in-process: the models counted where the pipeline calls them (`infer`/`generate` of its
+  `LocalModels`, the VLM engines' inputs and outputs for tokens), crops from the pipeline's
+  `detector` evidence; the timed run itself is counted.
+- served: model calls from Triton's statistics (the difference around each photo, one photo at a
+  time, in a counting pass after the warm-up and before the timed levels), crops from the
+  response's `detector` evidence. Tokens are not measurable there: neither the response nor
+  Triton's statistics carry them. Each level also records its calls per photo from Triton's
+  statistics over the level.
 Writes build/bench/versus_navig.json (with the machine description).
 Run: `python -m benchmarks.versus_navig --preset small` (part of `make bench`).
 """
@@ -19,13 +36,15 @@ import asyncio
 import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import grpc
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -33,18 +52,99 @@ from rich.table import Table
 from benchmarks import cpu_time
 from benchmarks.in_process import latency_summary
 from benchmarks.presets import prepare
-from navig.client.images import read_rgb
+from navig.client.geolocator import MAX_MESSAGE_BYTES
 from navig.client.profile.load import Budget, GeolocatorTarget, Level, run_level
 from navig.client.profile.machine import machine
 from navig.client.profile.report import summarise
 from navig.client.profile.triton_stats import difference, settled_snapshot
 from navig.export.cli import quiet_transformers
 from navig.export.samples import SAMPLES_DIR, load_samples
+from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
+from navig.orchestrator.api import geolocator_pb2_grpc as pb_grpc
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 from navig.orchestrator.server import OrchestratorThread
 from navig.orchestrator.settings import Settings, load_settings
 from navig.orchestrator.tools.guidebook.build import ensure_default_guidebook
+
+PASSIVE_OPENMP = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # as the VLM stubs set it before torch loads
+
+# -- work counts: one shape for every side ---------------------------------------------------------
+
+
+def photo_work(
+    crops: int,
+    model_calls: dict[str, int],
+    prompt_tokens: int | None = None,
+    generated_tokens: int | None = None,
+    reloads: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """One photo's work. Generations = calls of the two VLM models (`reasoner`, `vlm`)."""
+    return {
+        "crops": crops,
+        "generations": sum(model_calls.get(m, 0) for m in contract.VLM_MODELS),
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": generated_tokens,
+        "model_calls": dict(sorted(model_calls.items())),
+        "reloads": reloads if reloads is not None else {"clip": 0, "index": 0},
+    }
+
+
+def work_summary(per_photo: list[dict[str, Any]], source: str) -> dict[str, Any]:
+    """Per photo, in total and the mean per photo; a count that is not measurable stays None."""
+
+    def add(values: Iterable[Any]) -> Any:
+        values = list(values)
+        if any(v is None for v in values):
+            return None
+        if values and isinstance(values[0], dict):
+            keys = sorted({k for v in values for k in v})
+            return {k: sum(v.get(k, 0) for v in values) for k in keys}
+        return sum(values)
+
+    total = {key: add(p[key] for p in per_photo) for key in per_photo[0]} if per_photo else {}
+
+    def mean(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return {k: v / len(per_photo) for k, v in value.items()}
+        return value / len(per_photo)
+
+    return {
+        "source": source,
+        "per_photo": per_photo,
+        "total": total,
+        "mean_per_photo": {key: mean(value) for key, value in total.items()},
+    }
+
+
+# -- served ----------------------------------------------------------------------------------------
+
+
+async def served_work(address: str, triton_url: str, images: list[bytes], options: pb.LocateOptions) -> dict:
+    """Each photo once, alone: the Triton calls it caused (statistics before and after, settled) and
+    the crops its response reports (`detector` evidence, one per crop the SEARCHER cut)."""
+    limits = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    per_photo = []
+    async with grpc.aio.insecure_channel(address, options=limits) as channel:
+        stub = pb_grpc.GeolocatorStub(channel)
+        for image in images:
+            before = await asyncio.to_thread(settled_snapshot, triton_url)
+            response = await stub.Locate(pb.LocateRequest(image=image, options=options), timeout=3600)
+            after = await asyncio.to_thread(settled_snapshot, triton_url)
+            calls = {model: int(s["requests"]) for model, s in difference(before, after).items()}
+            crops = sum(1 for e in response.evidence if e.tool == "detector")
+            per_photo.append(photo_work(crops, calls))
+    return work_summary(
+        per_photo,
+        "model calls: Triton's statistics around each photo (ocr_det/ocr_rec are called by the `ocr` "
+        "model through BLS); crops: the response's detector evidence; tokens: not measurable; "
+        "reloads: none (CLIP and the guidebook index are loaded once at start)",
+    )
 
 
 def served(
@@ -54,7 +154,7 @@ def served(
     levels: list[int],
     tokens: int,
     console: Console,
-) -> list[dict]:
+) -> tuple[list[dict], dict]:
     options = pb.LocateOptions(max_new_tokens=tokens)
     config = TritonConfig(repository, ports=TritonPorts.free())
     with console.status("starting Triton and the Geolocator..."), EmbeddedTriton(config) as triton:
@@ -62,12 +162,15 @@ def served(
         cpu_now = functools.partial(cpu_time.snapshot, triton.pid, "orchestrator + load generator")
         with OrchestratorThread(settings) as server, Progress(console=console, transient=True) as progress:
 
-            async def sweep() -> list[dict]:
+            async def sweep() -> tuple[list[dict], dict]:
                 out = []
                 async with GeolocatorTarget(server.address, images, options, False, 3600) as target:
                     await run_level(
                         target, Level(concurrency=2), Budget(requests=4), lambda _: None
                     )  # warm-up
+                    task = progress.add_task("served, counting the work of each photo", total=None)
+                    work = await served_work(server.address, triton.grpc_url, images, options)
+                    progress.remove_task(task)
                     for c in levels:
                         task = progress.add_task(f"served, concurrency {c}", total=max(len(images), 2 * c))
                         before = settled_snapshot(triton.grpc_url)
@@ -90,55 +193,172 @@ def served(
                                 "errors": summary["errors"],
                                 "stages_ms": summary["stages_ms"],
                                 "triton_models": models,
+                                "calls_per_photo": {
+                                    m: s["requests"] / max(len(samples), 1) for m, s in models.items()
+                                },
                                 "cpu_s_per_photo": cpu,
                                 "cpu_utilisation": cpu_time.utilisation(cpu, len(samples), seconds),
                                 **latency_summary(ok, summary["duration_s"]),
                             }
                         )
-                return out
+                return out, work
 
             return asyncio.run(sweep())
 
 
+# -- in-process ------------------------------------------------------------------------------------
+
+
 def in_process(repository: Path, guidebook: Path, images: int, tokens: int, root: Path) -> dict:
-    """`benchmarks.in_process` in its own process, with OpenMP's idle threads passive as in the VLM stubs."""
+    """`benchmarks.in_process`, counted (`in_process_worker`), in its own process with OpenMP's idle
+    threads passive as in the VLM stubs."""
     out = root / "in_process.json"
-    command = [sys.executable, "-m", "benchmarks.in_process", "--repository", str(repository)]
-    command += ["--guidebook", str(guidebook), "--images", str(images), "--max-new-tokens", str(tokens)]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    subprocess.run([*command, "--out", str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
+    command = [sys.executable, "-c", "from benchmarks.versus_navig import in_process_worker as w; w()"]
+    command += ["--repository", str(repository), "--guidebook", str(guidebook), "--images", str(images)]
+    command += ["--max-new-tokens", str(tokens), "--out", str(out)]
+    subprocess.run(command, check=True, env=PASSIVE_OPENMP, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
-def baseline(checkpoints: Path, root: Path, photos: list[np.ndarray], tokens: int, console: Console) -> dict:
-    from benchmarks.navig_baseline.pipeline import NavigBaseline
+class _CountingInputs:
+    """A VLM engine's `VlmInputs`, counting the prompt tokens of every row it builds."""
 
-    with console.status("loading the NAVIG-faithful baseline..."):
-        started = time.perf_counter()
-        navig = NavigBaseline(checkpoints, root / "baseline-work", tokens)
-        load_s = time.perf_counter() - started
-    latencies, steps = [], []
-    cpu_now = functools.partial(cpu_time.snapshot, None, "baseline (one process)")
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("baseline, one photo at a time", total=len(photos))
-        cpu_before = cpu_now()
-        started = time.perf_counter()
-        for photo in photos:
-            t = time.perf_counter()
-            result = navig.locate(photo)
-            latencies.append((time.perf_counter() - t) * 1e3)
-            steps.append(result.timings_ms)
-            progress.advance(task)
-        seconds = time.perf_counter() - started
-        cpu = cpu_time.spent(cpu_before, cpu_now(), len(photos))
-    step_means = {k: statistics.fmean(s.get(k, 0.0) for s in steps) for k in steps[0]} if steps else {}
+    def __init__(self, inner: Any, tally: Counter[str]) -> None:
+        self._inner, self._tally = inner, tally
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        row = self._inner(*args, **kwargs)
+        self._tally["prompt_tokens"] += int(row["input_ids"].shape[1])
+        return row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def in_process_worker() -> None:
+    """`benchmarks.in_process.measure` with its models counted, the same arguments as its CLI.
+
+    `LocalModels` becomes a subclass counting every `infer`/`generate` per model, the VLM engines'
+    inputs count prompt tokens and their results the generated tokens; each `Pipeline.run` is one
+    photo, its crops read from its `detector` evidence. measure()'s first photo is its warm-up.
+    """
+    from benchmarks import in_process as side
+    from navig.model_repository.vlm_api import Generation
+
+    photos: list[dict[str, Any]] = []
+    tally: Counter[str] = Counter()
+
+    class CountingModels(side.LocalModels):
+        def __init__(self, repository: Path, threads: int = 0) -> None:
+            super().__init__(repository, threads)
+            for vlm in self.vlms.values():
+                engine = vlm.engine
+                engine.inputs = _CountingInputs(engine.inputs, tally)
+                batch = engine.generate_batch
+
+                def counted(*args: Any, _batch: Any = batch, **kwargs: Any) -> list[Generation]:
+                    answers = _batch(*args, **kwargs)
+                    tally["generated_tokens"] += sum(len(a.token_ids) for a in answers)
+                    return answers
+
+                engine.generate_batch = counted
+
+        async def infer(self, model: str, *args: Any, **kwargs: Any) -> dict:
+            tally[f"call:{model}"] += 1
+            return await super().infer(model, *args, **kwargs)
+
+        async def generate(self, model: str, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+            tally[f"call:{model}"] += 1
+            async for piece in super().generate(model, *args, **kwargs):
+                yield piece
+
+    build_pipeline = side.in_process_pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipeline = build_pipeline(*args, **kwargs)
+        run = pipeline.run
+
+        async def counted_run(*a: Any, **k: Any) -> Any:
+            tally.clear()
+            outcome = await run(*a, **k)
+            calls = {key[5:]: n for key, n in tally.items() if key.startswith("call:")}
+            crops = sum(1 for e in outcome.evidence if e.tool == "detector")
+            photos.append(photo_work(crops, calls, tally["prompt_tokens"], tally["generated_tokens"]))
+            return outcome
+
+        pipeline.run = counted_run
+        return pipeline
+
+    side.LocalModels = CountingModels  # type: ignore[misc]
+    side.in_process_pipeline = counting_pipeline
+
+    parser = argparse.ArgumentParser(description="benchmarks.in_process, counted")
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--guidebook", type=Path, required=True)
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    quiet_transformers()
+    images = [(SAMPLES_DIR / s.file).read_bytes() for s in load_samples(SAMPLES_DIR)][: args.images]
+    settings = load_settings(port=0, metrics_port=None, log_json=False, guidebook_dir=args.guidebook)
+    report = side.measure(settings, args.repository, images, args.max_new_tokens)
+    report["work"] = work_summary(
+        photos[1:],  # the first run is measure()'s warm-up
+        "model calls: LocalModels.infer/generate per model; tokens: the VLM engines' inputs and "
+        "outputs; crops: the pipeline's detector evidence; reloads: none (loaded once)",
+    )
+    import torch
+
+    report["torch_threads"] = torch.get_num_threads()
+    args.out.write_text(json.dumps(report, indent=1))
+
+
+# -- baseline --------------------------------------------------------------------------------------
+
+
+def baseline_work(images: list[dict[str, Any]]) -> dict[str, Any]:
+    per_photo = []
+    for image in images:
+        c = image["counts"]
+        calls = {
+            contract.REASONER: c["reasoner_calls"],
+            contract.VLM: c["vlm_calls"],
+            contract.DETECTOR: c["detector_passes"],
+            contract.CLIP_IMAGE: c["clip_calls"],
+            "map": c["map_calls"],
+        }
+        reloads = {"clip": c["clip_loads"], "index": c["index_loads"]}
+        per_photo.append(photo_work(c["crops"], calls, c["prompt_tokens"], c["generated_tokens"], reloads))
+    return work_summary(
+        per_photo,
+        "the baseline's own counters (tests/test_navig_baseline.py checks them from outside); "
+        "`map` is gazetteer look-ups, `clip_image` CLIP image embeddings",
+    )
+
+
+def baseline(checkpoints: Path, root: Path, files: list[Path], tokens: int) -> dict:
+    """`python -m benchmarks.navig_baseline` on the same photos, in its own process (OpenMP passive,
+    torch's default threads); it warms up on the first photo, then times each."""
+    out = root / "baseline.json"
+    command = [sys.executable, "-m", "benchmarks.navig_baseline", "--checkpoints", str(checkpoints)]
+    command += ["--images", *map(str, files), "--limit", "0", "--max-new-tokens", str(tokens)]
+    subprocess.run([*command, "--out", str(out)], check=True, env=PASSIVE_OPENMP, stdout=subprocess.DEVNULL)
+    report = json.loads(out.read_text())
+    latencies = [image["timings_ms"]["total"] for image in report["images"]]
     return {
-        "load_s": load_s,
-        "steps_ms": step_means,
-        "cpu_s_per_photo": cpu,
-        "cpu_utilisation": cpu_time.utilisation(cpu, len(photos), seconds),
-        **latency_summary(latencies, seconds),
+        "load_s": report["load_seconds"]["total"],
+        "warmup_s": report["warmup_seconds"],
+        "settings": report["settings"],
+        "steps_ms": report["mean_ms"],
+        "cpu_s_per_photo": report["cpu_s_per_photo"],
+        "cpu_utilisation": report["cpu_utilisation"],
+        "work": baseline_work(report["images"]),
+        **latency_summary(latencies, report["timed_seconds"]),
     }
+
+
+# -- the run ---------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -146,11 +366,15 @@ def main() -> None:
     parser.add_argument("--preset", default="small", choices=["tiny", "small"])
     parser.add_argument("--images", type=int, default=6, help="sample photos, the same for every side")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=32, help="every generation of every side (NAVIG: 256)"
+    )
     parser.add_argument("--root", type=Path, default=Path("build/bench"))
     args = parser.parse_args()
     quiet_transformers()
     console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough for the work table
+        console = Console(width=200)
     checkpoints, repository = prepare(args.preset, args.root, console)
     files = [SAMPLES_DIR / s.file for s in load_samples(SAMPLES_DIR)][: args.images]
     images = [f.read_bytes() for f in files]
@@ -164,18 +388,19 @@ def main() -> None:
         max_concurrency=max(args.concurrency),
         max_queue=4 * max(args.concurrency),
     )
-    report = {
+    report: dict[str, Any] = {
         "machine": machine(),
         "preset": args.preset,
         "images": len(images),
         "max_new_tokens": args.max_new_tokens,
     }
-    report["served"] = served(settings, repository, images, args.concurrency, args.max_new_tokens, console)
+    report["served"], report["served_work"] = served(
+        settings, repository, images, args.concurrency, args.max_new_tokens, console
+    )
     with console.status("the same pipeline with in-process models..."):
         report["in_process"] = in_process(repository, guidebook, len(images), args.max_new_tokens, args.root)
-    report["baseline"] = baseline(
-        checkpoints, args.root, [read_rgb(f) for f in files], args.max_new_tokens, console
-    )
+    with console.status("the NAVIG-faithful baseline, one photo at a time..."):
+        report["baseline"] = baseline(checkpoints, args.root, files, args.max_new_tokens)
     out = args.root / "versus_navig.json"
     out.write_text(json.dumps(report, indent=1))
 
@@ -204,7 +429,39 @@ def main() -> None:
             f"{s['throughput_rps'] / base['throughput_rps']:.2f}x",
         )
     console.print(table)
+    console.print(work_table(report))
     console.print(f"-> {out}")
+
+
+def work_table(report: dict[str, Any]) -> Table:
+    """Mean work per photo of each side."""
+    sides = {
+        "baseline": report["baseline"]["work"],
+        "in-process": report["in_process"]["work"],
+        "served": report["served_work"],
+    }
+    table = Table(
+        "", "crops", "generations", "prompt tokens", "generated tokens", "model calls", "reloads",
+        title="work per photo (mean)",
+    )  # fmt: skip
+    for name, work in sides.items():
+        mean = work["mean_per_photo"]
+
+        def number(value: Any) -> str:
+            return "n/a" if value is None else f"{value:.1f}"
+
+        calls = ", ".join(f"{m} {n:.1f}" for m, n in mean["model_calls"].items())
+        reloads = ", ".join(f"{m} {n:.1f}" for m, n in mean["reloads"].items())
+        table.add_row(
+            name,
+            number(mean["crops"]),
+            number(mean["generations"]),
+            number(mean["prompt_tokens"]),
+            number(mean["generated_tokens"]),
+            calls,
+            reloads,
+        )
+    return table
 
 
 if __name__ == "__main__":

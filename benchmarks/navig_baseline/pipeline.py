@@ -1,48 +1,38 @@
-"""NAVIG's inference loop, one image at a time, in eager PyTorch (CPU, float32): the baseline to beat.
+"""NAVIG's inference loop, one photo at a time, in eager PyTorch (CPU, float32): the baseline to beat.
 
-It runs on the same demo checkpoints our stack serves (`navig export demo-checkpoints`), asks the
-same prompts (`navig.orchestrator.prompts`) and looks text up in the same offline gazetteer, so the
-benchmark compares the serving architecture, not the weights or the wording.
+It makes the calls NAVIG's reference code makes (SparrowZheyuan18/Navig, `inference.py`; every rule
+below is in docs/navig-reference.md with its file and line, and every value is imported from
+`navig.orchestrator.navig_reference`, never retyped), on the demo checkpoints our stack serves:
 
-Per image, as the reference does:
-1. REASONER: the Qwen2-VL base with the REASONER LoRA applied UNMERGED through peft
-   (`PeftModel.from_pretrained`) writes the analysis. A second, separate copy of the base is held
-   for every other VLM call, as the reference keeps base and LoRA models both in memory.
-2. SEARCHER, detection: transformers' GroundingDINO runs once per prompt ("road sign",
-   "building sign", "house": three full passes, backbone included), box threshold 0.35, text
-   threshold 0.25, HF post-processing; crops are cut from the image.
-3. Every sign crop: a VLM generation asked to read its text (the reference's OCR is the VLM); the
-   text goes to the map look-up.
-4. The first three house crops and every sign crop: a VLM comment (the DESCRIBE prompts).
-5. Every crop: the guidebook look-up loads CLIP from disk AND reads the FAISS index from disk
-   again, embeds the crop, searches top-k (the reference reloads both per call).
-6. GUESSER: the base VLM with the image, the reasoning and the evidence writes the JSON answer,
-   free-running (the reference has no grammar) and parsed leniently; failure is recorded.
-7. One `max_new_tokens` for every generation; greedy decoding.
+1. REASONER: the Qwen2-VL base with the REASONER LoRA applied UNMERGED through peft, on its own copy
+   of the base; a second copy of the base serves every other VLM call (§1.2).
+2. Grounding: one full GroundingDINO pass per prompt, in PROMPT_ORDER (§4.1, §4.3). A query is kept
+   iff max over text tokens of sigmoid(logit) > BOX_THRESHOLD (strict, §4.6-4.7); its box is scaled
+   to the photo, cut with int() truncation and no clipping (§4.9), kept iff width >= CROP_MIN_SIDE
+   or height >= CROP_MIN_SIDE (§4.10), and JPEG-encoded and decoded again as NAVIG saves crops to
+   files (§1.6; a crop PIL cannot save is skipped, §4.13). Crops stay in the detector's query order
+   (§4.12).
+3. Guidebook: only the first crop of each category (§5.1). Every look-up loads CLIP from disk and
+   reads the index from disk again (§5.3), embeds the crop, searches the top GUIDEBOOK_K (§5.5).
+4. Comments: the first COMMENT_HOUSES houses and every road-sign and building-sign crop, one base-VLM
+   generation each, per category in PROMPT_ORDER, joined with a tab after each (§6).
+5. Text reading: every crop of every category, houses included, one base-VLM generation each (§7.1).
+   An answer containing NO_TEXT is not looked up AND resets the map results gathered so far (§7.3,
+   reproduced as NAVIG does it); any other answer, `#` removed, is one map query whose first
+   MAP_RESULTS_PER_TEXT places extend the results (§7.4, §7.8-7.9).
+6. GUESSER: the base VLM with the photo and NAVIG's prompt assembly (`guesser.py`, §8), free-running,
+   parsed as NAVIG parses (first `{...}` only); a failure is recorded.
+7. Every generation greedy with one `max_new_tokens`, MAX_NEW_TOKENS by default (§2.1).
 
-Where it cannot follow the reference, and why:
-- Weights: demo checkpoints (random, CPU-sized) instead of Qwen2-VL-7B / GroundingDINO-T / CLIP-L;
-  float32 on CPU instead of fp16 on a GPU (fp16 matmuls on CPU are slow or unsupported). Both
-  sides of the comparison use the same weights and dtype.
-- Map: the reference calls Nominatim and sleeps 1 s per request; here the offline gazetteer our
-  stack serves, without the sleep (the comparison is about compute, not a rate limit).
-- Crops: random detector weights put nearly every query above 0.35 (hundreds per prompt), which
-  real weights never do; the best `max_crops_per_prompt` crops per prompt (default 4) of at least
-  `min_crop_side` pixels (default 32, as our stack: Qwen2-VL needs 28) are kept, so a photo costs a
-  realistic dozen crops instead of ~900.
-- Guidebook: the open default entries (text only, `default_entries()`) embedded once with the same
-  CLIP's text tower in PyTorch and saved to `work_dir`; the reference's guidebook has example images
-  too. The per-look-up cost reproduced is loading CLIP + reading the index from disk + one embedding.
-- OCR prompt: our stack reads text with PP-OCR, so there is no shared wording; `READ_TEXT` below.
-- Evidence text for the GUESSER uses our stack's line format (`tool: query -> result`), all lines.
-- VLM inputs are built with `VlmInputs` (the checkpoint's chat template, image tokens expanded as
-  Qwen2VLProcessor does) because Qwen2VLProcessor needs torchvision, which is not installed.
+Where it departs (README.md has the reasons and the measured effect): crops per prompt are capped
+(`max_crops_per_prompt`, a safety net for random weights; `counts["crops_over_cap"]` says when it
+bit); the guidebook is our cosine index with a cosine threshold instead of NAVIG's L2 distances;
+the map is the offline gazetteer without the 1 s sleep; the prompts are ours; demo weights in float32.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from PIL import Image
 from transformers import (
     AutoProcessor,
     AutoTokenizer,
@@ -62,41 +53,85 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from navig.model_repository.contract import DETECTOR_PROMPTS
+from benchmarks.navig_baseline.guesser import guesser_prompt, parse_answer
 from navig.model_repository.vlm_engine import VlmInputs
 from navig.orchestrator import prompts
+from navig.orchestrator.navig_reference import (
+    BOX_THRESHOLD,
+    COMMENT_HOUSES,
+    CROP_MIN_SIDE,
+    GUIDEBOOK_CROPS_PER_CATEGORY,
+    GUIDEBOOK_K,
+    MAP_RESULTS_PER_TEXT,
+    MAX_NEW_TOKENS,
+    NO_TEXT,
+    PROMPT_ORDER,
+    READ_CATEGORIES,
+)
 from navig.orchestrator.searcher.search import Crop  # the same crop record as the served SEARCHER
+from navig.orchestrator.settings import Settings
+from navig.orchestrator.tools.base import Place
 from navig.orchestrator.tools.gazetteer.index import GazetteerIndex
 from navig.orchestrator.tools.gazetteer.search import Gazetteer
 from navig.orchestrator.tools.guidebook.default import default_entries
 from navig.orchestrator.tools.guidebook.entries import dump_entries, parse_entries
 from navig.orchestrator.tools.guidebook.index import GuidebookIndex
 
-BOX_THRESHOLD = 0.35  # NAVIG's GroundingDINO thresholds
-TEXT_THRESHOLD = 0.25
-HOUSES_DESCRIBED = 3  # NAVIG comments on the first three houses
-SIGNS = ("road sign", "building sign")
-READ_TEXT = "Read the text on this sign. Answer with the text only, one line of the sign per line."
-GUIDEBOOK_K = 3
-MAP_LIMIT = 5
-COUNTERS = ("generations", "prompt_tokens", "new_tokens", "detector_passes", "clip_loads", "index_loads")
-STEPS = ("reasoner", "detector", "vlm_ocr", "map", "describer", "guidebook", "guesser")
+# Departures, each explained in README.md.
+MAX_CROPS_PER_PROMPT = 16  # NAVIG has no cap; random detector weights could give up to 100 per prompt
+# NAVIG's guidebook thresholds are squared-L2 distances on raw CLIP image features (< 40 retrieved,
+# <= 30 in the prompt); our index is cosine on unit vectors, where squared L2 = 2 - 2 cos <= 4 would
+# keep every hit. The served stack's cosine threshold stands in for both.
+GUIDEBOOK_MIN_COSINE = float(Settings.model_fields["guidebook_threshold"].default)
+# Ours: NAVIG's text-reading prompt is not licensed for reuse. Same task: the location-relevant text,
+# verbatim, or NO_TEXT.
+READ_TEXT = (
+    "Copy out the text in this image that could tell where it is, such as a shop sign, a street or "
+    "place name or a road sign, exactly as written and with no comment. If there is no such text, or "
+    f"it is unreadable or unrelated to a location, answer {NO_TEXT}."
+)
+STEPS = ("reasoner", "detector", "guidebook", "describer", "vlm_ocr", "map", "guesser")  # NAVIG's order
+COUNTERS = (
+    "detector_passes",
+    "detections",  # queries above the box threshold, every prompt
+    "crops_before_cap",  # crops NAVIG would keep (threshold, 224 rule, saveable)
+    "crops",  # crops kept (after the cap)
+    "crops_over_cap",
+    *(f"crops_{c.replace(' ', '_')}" for c in PROMPT_ORDER),
+    "generations",
+    "reasoner_calls",
+    "vlm_calls",
+    "text_reads",
+    "comments",
+    "unreadable_crops",  # crops the VLM's image processor refuses (aspect ratio > 200)
+    "map_calls",
+    "map_results",
+    "guidebook_lookups",
+    "clip_calls",
+    "clip_loads",
+    "index_loads",
+    "guidebook_hits",
+    "prompt_tokens",
+    "generated_tokens",
+    "guesser_prompt_tokens",
+)
 
 
 @dataclass
 class BaselineResult:
-    """One photo: the answer (None when the free-running GUESSER's text is not usable JSON), what led
-    to it, and where the time went (ms per step; `total` is the photo's wall time)."""
+    """One photo: the answer (None when the GUESSER's text does not parse), what led to it, where the
+    time went (ms per step; `total` is the photo's wall time) and the work done (`counts`)."""
 
-    answer: dict[str, Any] | None
+    answer: Any
     guesser_output: str
     answer_error: str | None
     reasoning: str
     evidence: list[str]
     timings_ms: dict[str, float]
     counts: dict[str, int] = field(default_factory=dict)
-    # inside `guidebook`: clip_load, index_load, clip_embed; inside the VLM steps: prompt tokens
+    # inside `guidebook`: clip_load, index_load, clip_embed
     detail_ms: dict[str, float] = field(default_factory=dict)
+    guesser_prompt: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +143,7 @@ class BaselineResult:
             "timings_ms": self.timings_ms,
             "counts": self.counts,
             "detail_ms": self.detail_ms,
+            "guesser_prompt": self.guesser_prompt,
         }
 
 
@@ -122,21 +158,65 @@ def checkpoint_folders(checkpoints: Path) -> dict[str, Path]:
     }
 
 
-def parse_answer(text: str) -> tuple[dict[str, Any] | None, str | None]:
-    """Lenient, as the reference: the first {...} that parses and has numeric coordinates."""
-    for match in re.finditer(r"\{.*?\}", text, re.DOTALL):
-        try:
-            value = json.loads(match.group(0))
-        except json.JSONDecodeError:
+def saved_and_read_back(pixels: np.ndarray) -> np.ndarray | None:
+    """NAVIG writes each crop to a JPEG file (PIL's default quality) that the VLM and CLIP read back;
+    None where PIL cannot save it (an empty crop), which NAVIG skips."""
+    buffer = io.BytesIO()
+    try:
+        Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="JPEG")
+    except (ValueError, OSError):
+        return None
+    with Image.open(buffer) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def select_crops(
+    image: np.ndarray, label: str, scores: torch.Tensor, boxes: torch.Tensor, cap: int
+) -> tuple[list[Crop], int, int]:
+    """NAVIG's crop rules over one prompt's pass, in query order.
+
+    `scores` [Q]: max over text tokens of sigmoid(logit); `boxes` [Q, 4]: cxcywh, fractions of the
+    photo. Returns (the first `cap` crops NAVIG keeps, how many NAVIG keeps, queries above threshold).
+    """
+    height, width = image.shape[:2]
+    scaled = boxes.float() * torch.tensor([width, height, width, height], dtype=torch.float32)
+    corners = torch.stack(  # cxcywh -> xyxy in float32, as GroundingDINO's box_convert
+        [
+            scaled[:, 0] - 0.5 * scaled[:, 2],
+            scaled[:, 1] - 0.5 * scaled[:, 3],
+            scaled[:, 0] + 0.5 * scaled[:, 2],
+            scaled[:, 1] + 0.5 * scaled[:, 3],
+        ],
+        dim=1,
+    ).tolist()
+    kept: list[Crop] = []
+    above = passed = 0
+    for query, score in enumerate(scores.tolist()):
+        if not score > BOX_THRESHOLD:
             continue
-        if not isinstance(value, dict):
+        above += 1
+        x1, y1, x2, y2 = corners[query]
+        if abs(x2 - x1) < CROP_MIN_SIDE and abs(y2 - y1) < CROP_MIN_SIDE:
             continue
-        try:
-            value["latitude"], value["longitude"] = float(value["latitude"]), float(value["longitude"])
-        except (KeyError, TypeError, ValueError):
-            return None, f"JSON without numeric latitude/longitude: {match.group(0)[:80]!r}"
-        return value, None
-    return None, f"no JSON object in the GUESSER output: {text[:80]!r}"
+        box = (int(x1), int(y1), int(x2), int(y2))  # truncation; negative values slice from the end
+        pixels = saved_and_read_back(image[box[1] : box[3], box[0] : box[2]])
+        if pixels is None:
+            continue
+        passed += 1
+        if len(kept) < cap:
+            kept.append(Crop(label, float(score), box, pixels))
+    return kept, passed, above
+
+
+def map_entry(place: Place) -> dict[str, str]:
+    """One place as NAVIG keeps a map result (§7.8): coordinates stay strings."""
+    where = ", ".join(part for part in (place.name, place.admin1, place.country_code) if part)
+    return {
+        "place_name": place.name or "N/A",
+        "location": where,
+        "lat": f"{place.latitude}",
+        "lon": f"{place.longitude}",
+    }
 
 
 class _Clock:
@@ -163,29 +243,30 @@ def _load_vlm(folder: Path) -> Qwen2VLForConditionalGeneration:
 
 class NavigBaseline:
     """All models loaded once (as the reference does at start), except CLIP and the guidebook index,
-    which every look-up reloads (as the reference does)."""
+    which every look-up reloads (as the reference does).
+
+    `threads` 0 leaves torch's default, as the in-process side's `TransformersVlm(threads=0)`.
+    """
 
     def __init__(
         self,
         checkpoints: Path,
         work_dir: Path,
-        max_new_tokens: int,
-        threads: int | None = None,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        threads: int = 0,
         *,
         gazetteer: GazetteerIndex | None = None,
-        max_crops_per_prompt: int = 4,
-        min_crop_side: int = 32,
+        max_crops_per_prompt: int = MAX_CROPS_PER_PROMPT,
     ) -> None:
         from peft import PeftModel
 
-        if threads:
+        if threads > 0:
             torch.set_num_threads(threads)
         self.max_new_tokens = max_new_tokens
         self.max_crops_per_prompt = max_crops_per_prompt
-        self.min_crop_side = min_crop_side
         self.folders = checkpoint_folders(Path(checkpoints))
         self.load_seconds: dict[str, float] = {}
-        self.counts_total: dict[str, int] = {"clip_loads": 0, "index_loads": 0}
+        self.counts_total: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
         with self._loading("reasoner"):  # its own copy of the base; LoRA layers stay unmerged
             base_for_lora = _load_vlm(self.folders["base"])
@@ -256,51 +337,57 @@ class NavigBaseline:
             pixels = processor(images=[crop.pixels], return_tensors="pt")["pixel_values"]
             pooled = model.vision_model(pixel_values=pixels).pooler_output
             embedding = model.visual_projection(pooled).numpy()
-        hits = book.search(embedding, GUIDEBOOK_K, threshold=-1.0)[0]
+        counts["clip_calls"] += 1
+        hits = book.search(embedding, GUIDEBOOK_K, threshold=GUIDEBOOK_MIN_COSINE)[0]
+        counts["guidebook_lookups"] += 1
+        counts["guidebook_hits"] += len(hits)
         clock.detail["clip_embed"] += (time.perf_counter() - read) * 1000
-        return [f"guidebook: {crop.where} -> {hit.text}" for hit in hits]
+        return [hit.text for hit in hits]
 
     # -- models -----------------------------------------------------------------------------------
 
-    def _generate(self, model: Any, prompt: str, image: np.ndarray, counts: dict[str, int]) -> str:
-        """Greedy, free-running, one request at a time."""
-        inputs = self.inputs(prompt, image)
+    def _generate(self, model: Any, prompt: str, image: np.ndarray, counts: dict[str, int]) -> str | None:
+        """Greedy, free-running, one request at a time. None when the image processor refuses the
+        image (Qwen2-VL's aspect-ratio limit of 200; NAVIG's qwen-vl-utils has the same limit and
+        would stop with an exception)."""
+        try:
+            inputs = self.inputs(prompt, image)
+        except ValueError:
+            counts["unreadable_crops"] += 1
+            return None
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         counts["generations"] += 1
+        counts["reasoner_calls" if model is self.reasoner else "vlm_calls"] += 1
         counts["prompt_tokens"] += int(inputs["input_ids"].shape[1])
-        counts["new_tokens"] += int(output.shape[1] - inputs["input_ids"].shape[1])
+        counts["generated_tokens"] += int(output.shape[1] - inputs["input_ids"].shape[1])
         return self.inputs.decode(output[0, inputs["input_ids"].shape[1] :].tolist()).strip()
 
-    def _detect(self, image: np.ndarray, counts: dict[str, int]) -> list[Crop]:
-        """One full GroundingDINO pass per prompt, as the reference."""
-        height, width = image.shape[:2]
-        crops: list[Crop] = []
-        for prompt in DETECTOR_PROMPTS:
-            inputs = self.detector_processor(images=image, text=f"{prompt}.", return_tensors="pt")
-            with torch.inference_mode():
-                outputs = self.detector(**inputs)
+    def _detector_pass(self, image: np.ndarray, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One full GroundingDINO pass for one prompt: per query, the best text-token probability
+        and the box (cxcywh, fractions of the photo)."""
+        inputs = self.detector_processor(images=image, text=f"{label}.", return_tensors="pt")
+        with torch.inference_mode():
+            outputs = self.detector(**inputs)
+        return outputs.logits[0].sigmoid().max(dim=-1).values, outputs.pred_boxes[0]
+
+    def _detect(self, image: np.ndarray, counts: dict[str, int]) -> dict[str, list[Crop]]:
+        """One pass per prompt, in PROMPT_ORDER (the order of every later step)."""
+        crops: dict[str, list[Crop]] = {}
+        for label in PROMPT_ORDER:
+            scores, boxes = self._detector_pass(image, label)
             counts["detector_passes"] += 1
-            found = self.detector_processor.post_process_grounded_object_detection(
-                outputs,
-                inputs["input_ids"],
-                threshold=BOX_THRESHOLD,
-                text_threshold=TEXT_THRESHOLD,
-                target_sizes=[(height, width)],
-            )[0]
-            kept: list[Crop] = []
-            for index in torch.argsort(found["scores"], descending=True).tolist():
-                if len(kept) >= self.max_crops_per_prompt:
-                    break
-                box = found["boxes"][index].round().int().tolist()
-                x0, y0 = max(box[0], 0), max(box[1], 0)
-                x1, y1 = min(box[2], width), min(box[3], height)
-                if min(x1 - x0, y1 - y0) < self.min_crop_side:
-                    continue
-                pixels = np.ascontiguousarray(image[y0:y1, x0:x1])
-                kept.append(Crop(prompt, float(found["scores"][index]), (x0, y0, x1, y1), pixels))
-            crops.extend(kept)
+            crops[label], passed, above = select_crops(image, label, scores, boxes, self.max_crops_per_prompt)
+            counts["detections"] += above
+            counts["crops_before_cap"] += passed
+            counts[f"crops_{label.replace(' ', '_')}"] = len(crops[label])
         return crops
+
+    def _map_search(self, text: str, counts: dict[str, int]) -> list[dict[str, str]] | None:
+        """The whole answer, `#` removed, as one query; the first MAP_RESULTS_PER_TEXT places, or None."""
+        counts["map_calls"] += 1
+        places = self.gazetteer.lookup([text.replace("#", "")], MAP_RESULTS_PER_TEXT)
+        return [map_entry(p) for p in places[:MAP_RESULTS_PER_TEXT]] or None
 
     # -- one photo --------------------------------------------------------------------------------
 
@@ -312,41 +399,62 @@ class NavigBaseline:
         evidence: list[str] = []
 
         with clock.step("reasoner"):
-            reasoning = self._generate(self.reasoner, prompts.REASONER, image, counts)
+            reasoning = self._generate(self.reasoner, prompts.REASONER, image, counts) or ""
         with clock.step("detector"):
             crops = self._detect(image, counts)
-        signs = [c for c in crops if c.label in SIGNS]
-        houses = [c for c in crops if c.label == "house"]
 
-        for crop in signs:
-            with clock.step("vlm_ocr"):
-                text = self._generate(self.base, READ_TEXT, crop.pixels, counts)
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            if lines:
-                evidence.append(f"ocr: {crop.where} -> {' | '.join(lines)}")
-            with clock.step("map"):
-                places = self.gazetteer.lookup(lines, MAP_LIMIT) if lines else []
-            for p in places:
-                where = ", ".join(part for part in (p.name, p.admin1, p.country_code) if part)
-                evidence.append(f"map: {p.matched} -> {where} ({p.latitude:.4f}, {p.longitude:.4f})")
+        clues: dict[str, list[str]] = {}
+        with clock.step("guidebook"):
+            for label in PROMPT_ORDER:
+                for crop in crops[label][:GUIDEBOOK_CROPS_PER_CATEGORY]:
+                    hits = self._consult_guidebook(crop, counts, clock)
+                    evidence += [f"guidebook: {crop.where} -> {hit}" for hit in hits]
+                    clues[label] = list(dict.fromkeys(clues.get(label, []) + hits))  # deduplicated
 
-        for crop in houses[:HOUSES_DESCRIBED] + signs:
-            with clock.step("describer"):
-                comment = self._generate(self.base, prompts.DESCRIBE[crop.label], crop.pixels, counts)
-            evidence.append(f"describer: {crop.where} -> {comment}")
+        comments = dict.fromkeys(PROMPT_ORDER, "")
+        with clock.step("describer"):
+            for label in PROMPT_ORDER:
+                for crop in crops[label][:COMMENT_HOUSES] if label == "house" else crops[label]:
+                    comment = self._generate(self.base, prompts.DESCRIBE[label], crop.pixels, counts)
+                    if comment is None:
+                        continue
+                    counts["comments"] += 1
+                    comments[label] += comment + "\t"
+                    evidence.append(f"describer: {crop.where} -> {comment}")
 
-        for crop in crops:
-            with clock.step("guidebook"):
-                evidence.extend(self._consult_guidebook(crop, counts, clock))
+        texts: dict[str, list[str]] = {label: [] for label in READ_CATEGORIES}
+        map_results: list[dict[str, str]] | None = None
+        for label in READ_CATEGORIES:
+            for crop in crops[label]:
+                with clock.step("vlm_ocr"):
+                    text = self._generate(self.base, READ_TEXT, crop.pixels, counts)
+                if text is None:
+                    continue
+                counts["text_reads"] += 1
+                texts[label].append(text)
+                evidence.append(f"ocr: {crop.where} -> {text}")
+                if NO_TEXT in text:  # not looked up, and NAVIG drops the results so far (§7.3)
+                    map_results = None
+                    continue
+                with clock.step("map"):
+                    found = self._map_search(text, counts)
+                if found:
+                    evidence += [f"map: {text} -> {p['location']} ({p['lat']}, {p['lon']})" for p in found]
+                    map_results = found if map_results is None else map_results + found
+        counts["map_results"] = len(map_results or [])
 
         with clock.step("guesser"):
+            prompt = guesser_prompt(reasoning, texts, map_results, comments, clues)
             before = counts["prompt_tokens"]
-            output = self._generate(self.base, prompts.guesser_prompt(reasoning, evidence), image, counts)
+            output = self._generate(self.base, prompt, image, counts) or ""
             counts["guesser_prompt_tokens"] = counts["prompt_tokens"] - before
         answer, error = parse_answer(output)
 
         timings = {**clock.ms, "total": (time.perf_counter() - started) * 1000}
-        counts.update(crops=len(crops), sign_crops=len(signs), house_crops=len(houses))
-        for key in ("clip_loads", "index_loads"):
-            self.counts_total[key] += counts[key]
-        return BaselineResult(answer, output, error, reasoning, evidence, timings, counts, clock.detail)
+        counts["crops"] = sum(len(c) for c in crops.values())
+        counts["crops_over_cap"] = counts["crops_before_cap"] - counts["crops"]
+        for key, value in counts.items():
+            self.counts_total[key] += value
+        return BaselineResult(
+            answer, output, error, reasoning, evidence, timings, counts, clock.detail, prompt
+        )
