@@ -129,7 +129,7 @@ async def served_work(address: str, triton_url: str, images: list[bytes], option
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
-    per_photo = []
+    per_photo, countries = [], []
     async with grpc.aio.insecure_channel(address, options=limits) as channel:
         stub = pb_grpc.GeolocatorStub(channel)
         for image in images:
@@ -139,12 +139,17 @@ async def served_work(address: str, triton_url: str, images: list[bytes], option
             calls = {model: int(s["requests"]) for model, s in difference(before, after).items()}
             crops = sum(1 for e in response.evidence if e.tool == "detector")
             per_photo.append(photo_work(crops, calls))
-    return work_summary(
+            countries.append(response.location.country_code or None)
+    work = work_summary(
         per_photo,
         "model calls: Triton's statistics around each photo (ocr_det/ocr_rec are called by the `ocr` "
         "model through BLS); crops: the response's detector evidence; tokens: not measurable; "
         "reloads: none (CLIP and the guidebook index are loaded once at start)",
     )
+    return work | {"countries": countries}  # each photo's answer, for the modes' agreement
+
+
+PIPELINES = {"fast": pb.FAST, "reference": pb.REFERENCE}
 
 
 def served(
@@ -154,25 +159,28 @@ def served(
     levels: list[int],
     tokens: int,
     console: Console,
-) -> tuple[list[dict], dict]:
-    options = pb.LocateOptions(max_new_tokens=tokens)
+) -> dict[str, tuple[list[dict], dict]]:
+    """Each pipeline mode (`reference`: NAVIG's calls; `fast`: the product's) on one Triton and one
+    Geolocator, one after the other: (levels, work) by mode."""
     config = TritonConfig(repository, ports=TritonPorts.free())
     with console.status("starting Triton and the Geolocator..."), EmbeddedTriton(config) as triton:
         settings = settings.model_copy(update={"triton_url": triton.grpc_url})
         cpu_now = functools.partial(cpu_time.snapshot, triton.pid, "orchestrator + load generator")
         with OrchestratorThread(settings) as server, Progress(console=console, transient=True) as progress:
 
-            async def sweep() -> tuple[list[dict], dict]:
+            async def sweep(mode: str) -> tuple[list[dict], dict]:
+                options = pb.LocateOptions(max_new_tokens=tokens, pipeline=PIPELINES[mode])
                 out = []
                 async with GeolocatorTarget(server.address, images, options, False, 3600) as target:
                     await run_level(
                         target, Level(concurrency=2), Budget(requests=4), lambda _: None
                     )  # warm-up
-                    task = progress.add_task("served, counting the work of each photo", total=None)
+                    task = progress.add_task(f"served {mode}, counting the work of each photo", total=None)
                     work = await served_work(server.address, triton.grpc_url, images, options)
                     progress.remove_task(task)
                     for c in levels:
-                        task = progress.add_task(f"served, concurrency {c}", total=max(len(images), 2 * c))
+                        total = max(len(images), 2 * c)
+                        task = progress.add_task(f"served {mode}, concurrency {c}", total=total)
                         before = settled_snapshot(triton.grpc_url)
                         cpu_before = cpu_now()
                         started = time.perf_counter()
@@ -203,7 +211,7 @@ def served(
                         )
                 return out, work
 
-            return asyncio.run(sweep())
+            return {mode: asyncio.run(sweep(mode)) for mode in PIPELINES}
 
 
 # -- in-process ------------------------------------------------------------------------------------
@@ -358,6 +366,17 @@ def baseline(checkpoints: Path, root: Path, files: list[Path], tokens: int) -> d
     }
 
 
+def agreement(fast: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """The two modes' answers on the same photos: the same country or not. With placeholder weights
+    this says nothing about accuracy; it shows where the modes' evidence leads apart."""
+    pairs = list(zip(fast["countries"], reference["countries"], strict=True))
+    return {
+        "photos": len(pairs),
+        "same_country": sum(1 for f, r in pairs if f is not None and f == r),
+        "countries": pairs,
+    }
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -394,9 +413,10 @@ def main() -> None:
         "images": len(images),
         "max_new_tokens": args.max_new_tokens,
     }
-    report["served"], report["served_work"] = served(
-        settings, repository, images, args.concurrency, args.max_new_tokens, console
-    )
+    by_mode = served(settings, repository, images, args.concurrency, args.max_new_tokens, console)
+    report["served"], report["served_work"] = by_mode["fast"]
+    report["served_reference"], report["served_reference_work"] = by_mode["reference"]
+    report["agreement"] = agreement(report["served_work"], report["served_reference_work"])
     with console.status("the same pipeline with in-process models..."):
         report["in_process"] = in_process(repository, guidebook, len(images), args.max_new_tokens, args.root)
     with console.status("the NAVIG-faithful baseline, one photo at a time..."):
@@ -420,15 +440,20 @@ def main() -> None:
         f"{limit['p99_ms']:.0f}",
         f"{limit['throughput_rps'] / base['throughput_rps']:.2f}x",
     )
-    for s in report["served"]:
-        table.add_row(
-            f"served, c={s['concurrency']}",
-            f"{s['throughput_rps']:.3f}",
-            f"{s['p50_ms']:.0f}",
-            f"{s['p99_ms']:.0f}",
-            f"{s['throughput_rps'] / base['throughput_rps']:.2f}x",
-        )
+    for mode, levels in (("reference", report["served_reference"]), ("fast", report["served"])):
+        for s in levels:
+            table.add_row(
+                f"served {mode}, c={s['concurrency']}",
+                f"{s['throughput_rps']:.3f}",
+                f"{s['p50_ms']:.0f}",
+                f"{s['p99_ms']:.0f}",
+                f"{s['throughput_rps'] / base['throughput_rps']:.2f}x",
+            )
     console.print(table)
+    agree = report["agreement"]
+    console.print(
+        f"fast vs reference: the same country on {agree['same_country']} of {agree['photos']} photos"
+    )
     console.print(work_table(report))
     console.print(f"-> {out}")
 
@@ -437,8 +462,9 @@ def work_table(report: dict[str, Any]) -> Table:
     """Mean work per photo of each side."""
     sides = {
         "baseline": report["baseline"]["work"],
-        "in-process": report["in_process"]["work"],
-        "served": report["served_work"],
+        "served reference": report["served_reference_work"],
+        "in-process (fast)": report["in_process"]["work"],
+        "served fast": report["served_work"],
     }
     table = Table(
         "", "crops", "generations", "prompt tokens", "generated tokens", "model calls", "reloads",
