@@ -1,6 +1,7 @@
 """The benchmark baseline makes NAVIG's calls (docs/navig-reference.md): its crop rules, its guidebook,
-comment and text-reading rules, its GUESSER assembly, each call counted from outside the baseline and
-compared with what the reference code would make for the same detections."""
+comment and text-reading rules, each call counted from outside the baseline and compared with what the
+reference code would make for the same detections; and its GUESSER prompt and answer parsing are the
+served `reference` mode's own (byte-identical prompts for the same findings), so the two cannot drift."""
 
 from __future__ import annotations
 
@@ -14,17 +15,22 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.navig_baseline import NavigBaseline, guesser, pipeline
-from benchmarks.navig_baseline.pipeline import READ_TEXT, STEPS, select_crops
+from benchmarks.navig_baseline import NavigBaseline, pipeline
+from benchmarks.navig_baseline.pipeline import STEPS, guesser_prompt, read_answer, select_crops
 from navig.export.samples import SAMPLES_DIR, Sample
 from navig.orchestrator import prompts
+from navig.orchestrator.answer import lenient_json
+from navig.orchestrator.guesser import reference_prompt
 from navig.orchestrator.navig_reference import (
     BOX_THRESHOLD,
     COMMENT_HOUSES,
     CROP_MIN_SIDE,
+    MAP_RESULTS_PER_TEXT,
     NO_TEXT,
     PROMPT_ORDER,
 )
+from navig.orchestrator.searcher.search import Findings
+from navig.orchestrator.tools.base import GuideHit, Place
 from navig.orchestrator.tools.gazetteer.index import GazetteerIndex
 
 Detections = dict[str, list[tuple[float, tuple[float, float, float, float]]]]  # label -> (score, cxcywh)
@@ -57,7 +63,7 @@ def reference_crops(detections: Detections, width: int, height: int) -> dict[str
 def reference_calls(crops: dict[str, list[tuple[int, ...]]], answers: list[str]) -> dict[str, Any]:
     """N inference.py: REASONER, guidebook on the first crop per category (CLIP + index loaded each time),
     comments on the first 3 houses and every sign, text reading on every crop, a map call per answer
-    without NO_TEXT, the GUESSER."""
+    without NO_TEXT (and not empty: the served `reference` mode's rule), the GUESSER."""
     every = [crop for label in PROMPT_ORDER for crop in crops[label]]
     commented = {
         label: crops[label][:COMMENT_HOUSES] if label == "house" else crops[label] for label in crops
@@ -69,7 +75,7 @@ def reference_calls(crops: dict[str, list[tuple[int, ...]]], answers: list[str])
         "comments": comments,
         "text_reads": len(every),
         "guidebook_crops": [crops[label][0] for label in PROMPT_ORDER if crops[label]],
-        "map_calls": sum(NO_TEXT not in answer for answer in answers[: len(every)]),  # a substring test
+        "map_calls": sum(bool(a) and NO_TEXT not in a for a in answers[: len(every)]),  # a substring test
         "order": ["reasoner"]
         + [f"describe {label}" for label in PROMPT_ORDER for _ in commented[label]]
         + ["read"] * len(every)
@@ -110,46 +116,77 @@ def test_crop_rules_follow_the_reference() -> None:
     assert [c.box for c in capped] == expected[:3] and passed == 4  # the cap keeps the first, counts all
 
 
-def test_guesser_prompt_sections_follow_the_reference() -> None:
-    heads = {
-        name: getattr(guesser, name).split("{")[0][:20] for name in ("INTRO", "MAP", "DETAILS", "GUIDEBOOK")
-    }
-    heads["REASON"] = guesser.REASON.split("{")[0]
-    heads["OUTRO"] = guesser.OUTRO[:30]
-    texts = {"road sign": ["Rue de Rivoli", NO_TEXT], "house": [NO_TEXT], "building sign": []}
-    places = [{"place_name": "Paris", "location": "Paris, FR", "lat": "48.85", "lon": "2.35"}]
-    comments = {"road sign": "French design\t", "house": "", "building sign": "Parisian shop\t"}
-    clues = {"road sign": ["white on blue", "km markers"], "house": []}
-
-    full = guesser.guesser_prompt("Looks French.", texts, places, comments, clues)
-    assert full.startswith(guesser.BASE)
-    order = [full.index(heads[n]) for n in ("INTRO", "REASON", "MAP", "DETAILS", "GUIDEBOOK", "OUTRO")]
-    assert order == sorted(order)
-    assert "Looks French." in full
-    assert "{'road sign': ['Rue de Rivoli']}" in full  # NO_TEXT answers and emptied categories dropped
-    assert str(places) in full
-    assert "road sign: French design" in full and "building sign: Parisian shop" in full
-    assert "- house:" not in full
-    assert "white on blue km markers" in full
-
-    bare = guesser.guesser_prompt("", texts, [], dict.fromkeys(PROMPT_ORDER, ""), {})
-    assert bare == guesser.BASE + guesser.INTRO + guesser.REASON.format(reasoning="") + guesser.OUTRO
-    assert guesser.guesser_prompt("", {}, None, {}, {}) == bare  # no map results: no MAP section
+def hit(text: str, n: int = 0) -> GuideHit:
+    return GuideHit(f"e{n}", "FR", text, 0.5 - n / 100, "test")
 
 
-def test_guesser_answer_parsing_follows_the_reference() -> None:
-    assert guesser.parse_answer('x {"country": "France"} then {"country": "Spain"}') == (
-        {"country": "France"},
-        None,
+def spot(name: str, n: int = 0) -> Place:
+    return Place(name, "CH", 47.37 + n, 8.54 + n, 0.9, name, "Zürich", source=f"geonames:{n}")
+
+
+# What the loop records, per label in crop order (labels deliberately not in PROMPT_ORDER), and the
+# places of its map queries in query order.
+FINDINGS = {
+    "texts": {
+        "house": [NO_TEXT, ""],  # both dropped: the label leaves the MAP section
+        "building sign": ['Bäckerei "Zürich"', f"{NO_TEXT} visible"],  # a substring stays in the prompt
+        "road sign": ["Rue de Rivoli", NO_TEXT, "Zürich 3 km"],
+    },
+    "comments": {"building sign": ["Swiss shop.", ""], "road sign": ["French design."], "house": []},
+    "hits": {
+        "house": [hit("tiles", 0), hit("tiles", 1)],
+        "road sign": [hit("white on blue")],
+        "building sign": [],
+    },
+    "places": [spot("Zürich"), spot("Zürich", 1), spot("Rivoli")],
+}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"places": []},  # no MAP section, though texts were read
+        {"comments": {}, "hits": {}},  # neither DETAILS nor GUIDEBOOK
+        {"texts": {}, "comments": {}, "hits": {}, "places": []},  # the REASONER's text alone
+    ],
+)
+def test_the_guesser_prompt_is_the_served_reference_prompt(variant: dict[str, Any]) -> None:
+    """For the same findings, the baseline's GUESSER prompt is byte for byte the one the served `reference`
+    mode sends: its findings in the served SEARCHER's record, as the reference tools fill it."""
+    given = {**FINDINGS, **variant}
+    served = Findings(
+        places=list(given["places"]),
+        texts={label: list(answers) for label, answers in given["texts"].items()},
+        comments={label: list(said) for label, said in given["comments"].items()},
+        guide_by_label={label: list(hits) for label, hits in given["hits"].items()},
     )
-    assert guesser.parse_answer('{"latitude": 48.1", "longitude": 2.3}')[0] == {
-        "latitude": 48.1,
-        "longitude": 2.3,
-    }
-    assert guesser.parse_answer('{"city": "Paris",}')[0] == {"city": "Paris"}
-    answer, error = guesser.parse_answer('{"city": Paris} {"city": "Lyon"}')  # only the first is tried
-    assert answer is None and error is not None
-    assert guesser.parse_answer("no JSON here")[0] is None
+    for reasoning in ("Looks Swiss.", ""):
+        ours = guesser_prompt(reasoning, given["texts"], given["comments"], given["hits"], given["places"])
+        assert ours == reference_prompt(reasoning, served)
+        assert ours.startswith(prompts.REFERENCE_GUESSER["base"].format())
+    full = guesser_prompt("r", FINDINGS["texts"], FINDINGS["comments"], FINDINGS["hits"], FINDINGS["places"])
+    heads = [prompts.REFERENCE_GUESSER[n].split("{")[0] for n in ("map", "details", "guidebook")]
+    assert all(head in full for head in heads) and full.count("tiles") == 1  # clues deduplicated
+    assert '{"road sign": ["Rue de Rivoli", "Zürich 3 km"], "building sign"' in full  # PROMPT_ORDER
+    assert not hasattr(pipeline, "READ_TEXT")  # the text-reading prompt is the product's, not a copy
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'x {"country": "France"} then {"country": "Spain"}',  # the first {...} only
+        '{"latitude": 48.1", "longitude": 2.3}',  # a stray quote after a number
+        '{"city": "Paris",}',  # a trailing comma
+        '```json\n{"country": "France"}\n```',  # fenced
+        '{"city": Paris} {"city": "Lyon"}',  # the first is not JSON: nothing read
+        "no JSON here",
+    ],
+)
+def test_the_guesser_answer_is_read_by_the_products_lenient_parser(text: str) -> None:
+    answer, error = read_answer(text)
+    assert answer == lenient_json(text)
+    assert (error is None) == (answer is not None)
 
 
 # -- the loop, on the tiny demo checkpoints ----------------------------------------------------------------
@@ -216,17 +253,20 @@ FIXED: Detections = {
 }
 
 
+MAP_SECTION = prompts.REFERENCE_GUESSER["map"].split("{")[0]
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
-    ("detections", "replies", "map_section"),
+    ("detections", "replies"),
     [
-        # the first read finds Zürich, the last says NO_TEXT: NAVIG drops the results gathered so far
-        (FIXED, {0: "Zürich", 1: f"{NO_TEXT} visible", 8: NO_TEXT}, False),
+        # the first read finds Zürich, the last says NO_TEXT: unlike NAVIG (§7.3), and as the served
+        # `reference` mode, the places found before it are kept
+        (FIXED, {0: "Zürich", 1: f"{NO_TEXT} visible", 8: NO_TEXT}),
         # no building sign crop; NO_TEXT read as a substring for the map, exactly for the prompt's texts
         (
             {**FIXED, "building sign": FIXED["building sign"][:1]},
             {0: NO_TEXT, 3: f"{NO_TEXT} visible", 7: "Zürich"},
-            True,
         ),
     ],
 )
@@ -237,11 +277,11 @@ def test_calls_match_the_reference_for_fixed_detections(
     monkeypatch: pytest.MonkeyPatch,
     detections: Detections,
     replies: dict[int, str],
-    map_section: bool,
 ) -> None:
     """The detector boundary gives fixed boxes (the detector still runs once per prompt); the models,
     CLIP, the index and the gazetteer are real. The text-reading answers are replaced after each real
-    generation (random weights write anything), to exercise NAVIG's NO_TEXT rule and its map reset."""
+    generation (random weights write anything), to exercise the NO_TEXT rules. The GUESSER's prompt is
+    then rebuilt from outside, by the served `reference` mode's function, from what was observed."""
     photo = _photo(samples[0])
     height, width = photo.shape[:2]
     expected_crops = reference_crops(detections, width, height)
@@ -262,6 +302,9 @@ def test_calls_match_the_reference_for_fixed_detections(
     calls: list[str] = []
     reads = iter(range(1000))
     generate = baseline._generate
+    read_labels = [label for label in PROMPT_ORDER for _ in expected_crops[label]]  # the order of the reads
+    seen = Findings()  # as the served reference tools would record what the calls returned
+    guesser_prompts: list[str] = []
 
     def recorded(model: Any, prompt: str, image: np.ndarray, counts: dict[str, int]) -> str | None:
         answer = generate(model, prompt, image, counts)
@@ -270,21 +313,37 @@ def test_calls_match_the_reference_for_fixed_detections(
             calls.append("reasoner")
         elif prompt in describe:
             calls.append(f"describe {describe[prompt]}")
-        elif prompt == READ_TEXT:
+            seen.comments.setdefault(describe[prompt], []).append(answer)
+        elif prompt == prompts.READ_TEXT:
             calls.append("read")
             n = next(reads)
             answer = answers[n]
+            seen.texts.setdefault(read_labels[n], []).append(answer)
         else:
             calls.append("guesser")
+            guesser_prompts.append(prompt)
         return answer
 
     looked_up: list[tuple[int, ...]] = []
     consult = baseline._consult_guidebook
+
+    def consulted(crop: pipeline.Crop, *args: Any) -> list[GuideHit]:
+        looked_up.append(crop.box)
+        hits = consult(crop, *args)
+        seen.guide_by_label.setdefault(crop.label, []).extend(hits)
+        return hits
+
+    lookup = baseline.gazetteer.lookup
+
+    def looked_up_on_the_map(lines: list[str], limit: int) -> list[Place]:
+        places = lookup(lines, limit)
+        seen.places.extend(places[:MAP_RESULTS_PER_TEXT])
+        return places
+
     monkeypatch.setattr(baseline, "_detector_pass", fixed_pass)
     monkeypatch.setattr(baseline, "_generate", recorded)
-    monkeypatch.setattr(
-        baseline, "_consult_guidebook", lambda crop, *a: looked_up.append(crop.box) or consult(crop, *a)
-    )
+    monkeypatch.setattr(baseline, "_consult_guidebook", consulted)
+    monkeypatch.setattr(baseline.gazetteer, "lookup", looked_up_on_the_map)
 
     result = baseline.locate(photo)
     counts = result.counts
@@ -309,15 +368,16 @@ def test_calls_match_the_reference_for_fixed_detections(
     assert counts["map_calls"] == expected["map_calls"]
     assert counts["detector_passes"] == 3
 
-    # NAVIG's map rules: an answer holding NO_TEXT resets the results; the MAP section needs results
+    # the GUESSER's prompt is the served reference mode's for what the calls returned, byte for byte
+    assert guesser_prompts == [result.guesser_prompt]
+    assert result.guesser_prompt == reference_prompt(result.reasoning, seen)
+    assert result.answer == lenient_json(result.guesser_output)
+    # the map rules: an answer holding NO_TEXT is not looked up and keeps the places found before it
     assert "Zürich" in [line.split(" -> ")[-1] for line in result.evidence if line.startswith("ocr: ")]
     assert any(line.startswith("map: Zürich -> ") for line in result.evidence)  # the gazetteer found it
-    if not map_section:
-        assert counts["map_results"] == 0 and "## Map search" not in result.guesser_prompt
-    else:
-        assert counts["map_results"] > 0 and "## Map search" in result.guesser_prompt
-        assert "Zürich" in result.guesser_prompt and f"'{NO_TEXT} visible'" in result.guesser_prompt
-        assert f"'{NO_TEXT}'" not in result.guesser_prompt
+    assert counts["map_results"] == len(seen.places) > 0 and MAP_SECTION in result.guesser_prompt
+    assert "Zürich" in result.guesser_prompt and f'"{NO_TEXT} visible"' in result.guesser_prompt
+    assert f'"{NO_TEXT}"' not in result.guesser_prompt
 
 
 @pytest.mark.timeout(300)
@@ -350,8 +410,8 @@ def test_baseline_runs_the_reference_loop(
             min(houses, COMMENT_HOUSES) + signs + counts["crops"]
         )
         assert counts["generations"] == 1 + counts["comments"] + counts["text_reads"] + 1
-        answers = [line for line in result.evidence if line.startswith("ocr: ")]
-        assert watched["map"] == counts["map_calls"] == sum(NO_TEXT not in a for a in answers)
+        answers = [line.split(" -> ", 1)[1] for line in result.evidence if line.startswith("ocr: ")]
+        assert watched["map"] == counts["map_calls"] == sum(bool(a) and NO_TEXT not in a for a in answers)
 
         assert set(result.timings_ms) == {*STEPS, "total"}
         for step in ("reasoner", "detector", "guesser", "total"):

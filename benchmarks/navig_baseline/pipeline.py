@@ -15,19 +15,28 @@ below is in docs/navig-reference.md with its file and line, and every value is i
 3. Guidebook: only the first crop of each category (§5.1). Every look-up loads CLIP from disk and
    reads the index from disk again (§5.3), embeds the crop, searches the top GUIDEBOOK_K (§5.5).
 4. Comments: the first COMMENT_HOUSES houses and every road-sign and building-sign crop, one base-VLM
-   generation each, per category in PROMPT_ORDER, joined with a tab after each (§6).
-5. Text reading: every crop of every category, houses included, one base-VLM generation each (§7.1).
-   An answer containing NO_TEXT is not looked up AND resets the map results gathered so far (§7.3,
-   reproduced as NAVIG does it); any other answer, `#` removed, is one map query whose first
-   MAP_RESULTS_PER_TEXT places extend the results (§7.4, §7.8-7.9).
-6. GUESSER: the base VLM with the photo and NAVIG's prompt assembly (`guesser.py`, §8), free-running,
-   parsed as NAVIG parses (first `{...}` only); a failure is recorded.
+   generation each (`prompts.DESCRIBE`), per category in PROMPT_ORDER (§6).
+5. Text reading: every crop of every category, houses included, one base-VLM generation each (§7.1),
+   with the product's `prompts.READ_TEXT`. An answer that is empty or contains NO_TEXT is not looked
+   up; any other answer, whitespace collapsed, is one map query whose first MAP_RESULTS_PER_TEXT
+   places extend the results (§7.4, §7.8-7.9). As in the served `reference` mode, a NO_TEXT answer
+   does not throw away the places found before it (NAVIG's reset, §7.3, is not reproduced).
+6. GUESSER: the base VLM with the photo and the served `reference` mode's prompt, built by the same
+   function (`orchestrator.guesser.reference_prompt`, NAVIG's assembly, §8) from what this loop found;
+   free-running, read by the product's `answer.lenient_json` (NAVIG's parse_json: first `{...}` only,
+   two repairs, no validation); a failure is recorded.
 7. Every generation greedy with one `max_new_tokens`, MAX_NEW_TOKENS by default (§2.1).
+
+The words (REASONER, describer, text reading, GUESSER) and the answer parsing are the product's own
+(`orchestrator/prompts.py`, `guesser.py`, `answer.py`), never copied here, so the baseline and the
+served `reference` mode cannot drift apart (tests/test_navig_baseline.py compares the prompts byte
+for byte).
 
 Where it departs (README.md has the reasons and the measured effect): crops per prompt are capped
 (`max_crops_per_prompt`, a safety net for random weights; `counts["crops_over_cap"]` says when it
 bit); the guidebook is our cosine index with a cosine threshold instead of NAVIG's L2 distances;
-the map is the offline gazetteer without the 1 s sleep; the prompts are ours; demo weights in float32.
+the map is the offline gazetteer without the 1 s sleep; the prompts are the product's (not NAVIG's
+words); demo weights in float32.
 """
 
 from __future__ import annotations
@@ -53,9 +62,10 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from benchmarks.navig_baseline.guesser import guesser_prompt, parse_answer
 from navig.model_repository.vlm_engine import VlmInputs
 from navig.orchestrator import prompts
+from navig.orchestrator.answer import lenient_json
+from navig.orchestrator.guesser import reference_prompt
 from navig.orchestrator.navig_reference import (
     BOX_THRESHOLD,
     COMMENT_HOUSES,
@@ -68,9 +78,9 @@ from navig.orchestrator.navig_reference import (
     PROMPT_ORDER,
     READ_CATEGORIES,
 )
-from navig.orchestrator.searcher.search import Crop  # the same crop record as the served SEARCHER
+from navig.orchestrator.searcher.search import Crop, Findings  # the served SEARCHER's records
 from navig.orchestrator.settings import Settings
-from navig.orchestrator.tools.base import Place
+from navig.orchestrator.tools.base import GuideHit, Place
 from navig.orchestrator.tools.gazetteer.index import GazetteerIndex
 from navig.orchestrator.tools.gazetteer.search import Gazetteer
 from navig.orchestrator.tools.guidebook.default import default_entries
@@ -83,13 +93,6 @@ MAX_CROPS_PER_PROMPT = 16  # NAVIG has no cap; random detector weights could giv
 # <= 30 in the prompt); our index is cosine on unit vectors, where squared L2 = 2 - 2 cos <= 4 would
 # keep every hit. The served stack's cosine threshold stands in for both.
 GUIDEBOOK_MIN_COSINE = float(Settings.model_fields["guidebook_threshold"].default)
-# Ours: NAVIG's text-reading prompt is not licensed for reuse. Same task: the location-relevant text,
-# verbatim, or NO_TEXT.
-READ_TEXT = (
-    "Copy out the text in this image that could tell where it is, such as a shop sign, a street or "
-    "place name or a road sign, exactly as written and with no comment. If there is no such text, or "
-    f"it is unreadable or unrelated to a location, answer {NO_TEXT}."
-)
 STEPS = ("reasoner", "detector", "guidebook", "describer", "vlm_ocr", "map", "guesser")  # NAVIG's order
 COUNTERS = (
     "detector_passes",
@@ -208,15 +211,29 @@ def select_crops(
     return kept, passed, above
 
 
-def map_entry(place: Place) -> dict[str, str]:
-    """One place as NAVIG keeps a map result (§7.8): coordinates stay strings."""
-    where = ", ".join(part for part in (place.name, place.admin1, place.country_code) if part)
-    return {
-        "place_name": place.name or "N/A",
-        "location": where,
-        "lat": f"{place.latitude}",
-        "lon": f"{place.longitude}",
-    }
+def guesser_prompt(
+    reasoning: str,
+    texts: dict[str, list[str]],
+    comments: dict[str, list[str]],
+    hits: dict[str, list[GuideHit]],
+    places: list[Place],
+) -> str:
+    """The GUESSER's prompt from what the loop recorded (per label, in crop order: every text-reading
+    answer, every comment, the guidebook hits of its first crop; the places of every map query, in
+    query order), put in the served SEARCHER's record and assembled by the served `reference` mode's
+    own function: the selection (NO_TEXT and empty answers dropped, clues deduplicated, PROMPT_ORDER)
+    and the words are the product's."""
+    found = Findings(places=list(places), texts=texts, comments=comments, guide_by_label=hits)
+    return reference_prompt(reasoning, found)
+
+
+def read_answer(output: str) -> tuple[Any, str | None]:
+    """The GUESSER's free text read by the product's `answer.lenient_json` (NAVIG's parse_json, §8.8:
+    the first `{...}` only, two repairs, no validation); (None, why) when it reads nothing."""
+    answer = lenient_json(output)
+    if answer is None:
+        return None, f"no JSON object read from the GUESSER output: {output[:80]!r}"
+    return answer, None
 
 
 class _Clock:
@@ -322,7 +339,7 @@ class NavigBaseline:
         book = GuidebookIndex(np.concatenate(vectors), entries, {"embedder": "transformers (baseline)"})
         book.save(self.guidebook_dir)
 
-    def _consult_guidebook(self, crop: Crop, counts: dict[str, int], clock: _Clock) -> list[str]:
+    def _consult_guidebook(self, crop: Crop, counts: dict[str, int], clock: _Clock) -> list[GuideHit]:
         """One look-up as the reference does it: CLIP and the index come from disk every time."""
         started = time.perf_counter()
         model, processor = self._load_clip()
@@ -342,7 +359,7 @@ class NavigBaseline:
         counts["guidebook_lookups"] += 1
         counts["guidebook_hits"] += len(hits)
         clock.detail["clip_embed"] += (time.perf_counter() - read) * 1000
-        return [hit.text for hit in hits]
+        return hits
 
     # -- models -----------------------------------------------------------------------------------
 
@@ -383,11 +400,12 @@ class NavigBaseline:
             counts[f"crops_{label.replace(' ', '_')}"] = len(crops[label])
         return crops
 
-    def _map_search(self, text: str, counts: dict[str, int]) -> list[dict[str, str]] | None:
-        """The whole answer, `#` removed, as one query; the first MAP_RESULTS_PER_TEXT places, or None."""
+    def _map_search(self, text: str, counts: dict[str, int]) -> list[Place]:
+        """The whole answer as one query, whitespace collapsed as the served `reference` mode does
+        (searcher/map.py); its first MAP_RESULTS_PER_TEXT places, without a language prior."""
         counts["map_calls"] += 1
-        places = self.gazetteer.lookup([text.replace("#", "")], MAP_RESULTS_PER_TEXT)
-        return [map_entry(p) for p in places[:MAP_RESULTS_PER_TEXT]] or None
+        places = self.gazetteer.lookup([" ".join(text.split())], MAP_RESULTS_PER_TEXT)
+        return places[:MAP_RESULTS_PER_TEXT]
 
     # -- one photo --------------------------------------------------------------------------------
 
@@ -403,15 +421,15 @@ class NavigBaseline:
         with clock.step("detector"):
             crops = self._detect(image, counts)
 
-        clues: dict[str, list[str]] = {}
+        hits: dict[str, list[GuideHit]] = {}
         with clock.step("guidebook"):
             for label in PROMPT_ORDER:
                 for crop in crops[label][:GUIDEBOOK_CROPS_PER_CATEGORY]:
-                    hits = self._consult_guidebook(crop, counts, clock)
-                    evidence += [f"guidebook: {crop.where} -> {hit}" for hit in hits]
-                    clues[label] = list(dict.fromkeys(clues.get(label, []) + hits))  # deduplicated
+                    crop_hits = self._consult_guidebook(crop, counts, clock)
+                    evidence += [f"guidebook: {crop.where} -> {hit.text}" for hit in crop_hits]
+                    hits.setdefault(label, []).extend(crop_hits)
 
-        comments = dict.fromkeys(PROMPT_ORDER, "")
+        comments: dict[str, list[str]] = {}
         with clock.step("describer"):
             for label in PROMPT_ORDER:
                 for crop in crops[label][:COMMENT_HOUSES] if label == "house" else crops[label]:
@@ -419,36 +437,36 @@ class NavigBaseline:
                     if comment is None:
                         continue
                     counts["comments"] += 1
-                    comments[label] += comment + "\t"
+                    comments.setdefault(label, []).append(comment)
                     evidence.append(f"describer: {crop.where} -> {comment}")
 
-        texts: dict[str, list[str]] = {label: [] for label in READ_CATEGORIES}
-        map_results: list[dict[str, str]] | None = None
+        texts: dict[str, list[str]] = {}
+        places: list[Place] = []
         for label in READ_CATEGORIES:
             for crop in crops[label]:
                 with clock.step("vlm_ocr"):
-                    text = self._generate(self.base, READ_TEXT, crop.pixels, counts)
+                    text = self._generate(self.base, prompts.READ_TEXT, crop.pixels, counts)
                 if text is None:
                     continue
                 counts["text_reads"] += 1
-                texts[label].append(text)
+                texts.setdefault(label, []).append(text)
                 evidence.append(f"ocr: {crop.where} -> {text}")
-                if NO_TEXT in text:  # not looked up, and NAVIG drops the results so far (§7.3)
-                    map_results = None
+                if not text or NO_TEXT in text:  # not looked up (NAVIG's substring test, §7.3)
                     continue
                 with clock.step("map"):
-                    found = self._map_search(text, counts)
-                if found:
-                    evidence += [f"map: {text} -> {p['location']} ({p['lat']}, {p['lon']})" for p in found]
-                    map_results = found if map_results is None else map_results + found
-        counts["map_results"] = len(map_results or [])
+                    found_places = self._map_search(text, counts)
+                for p in found_places:
+                    where = ", ".join(part for part in (p.name, p.admin1, p.country_code) if part)
+                    evidence.append(f"map: {text} -> {where} ({p.latitude}, {p.longitude})")
+                places += found_places
+        counts["map_results"] = len(places)
 
         with clock.step("guesser"):
-            prompt = guesser_prompt(reasoning, texts, map_results, comments, clues)
+            prompt = guesser_prompt(reasoning, texts, comments, hits, places)
             before = counts["prompt_tokens"]
             output = self._generate(self.base, prompt, image, counts) or ""
             counts["guesser_prompt_tokens"] = counts["prompt_tokens"] - before
-        answer, error = parse_answer(output)
+        answer, error = read_answer(output)
 
         timings = {**clock.ms, "total": (time.perf_counter() - started) * 1000}
         counts["crops"] = sum(len(c) for c in crops.values())
