@@ -116,7 +116,7 @@ def plot(bench: Path, preset: str, path: Path, checked: dict[str, dict[str, Any]
     x = np.arange(len(levels))
     reference = [s["throughput_rps"] for s in versus["served_reference"]]
     axes[0].bar(x - 0.27, [versus["baseline"]["throughput_rps"]] * len(levels), 0.27, label="NAVIG baseline")
-    axes[0].bar(x, reference, 0.27, label="served `reference` (same work)")
+    axes[0].bar(x, reference, 0.27, label="served `reference` (NAVIG's rules)")
     axes[0].bar(x + 0.27, [s["throughput_rps"] for s in versus["served"]], 0.27, label="served `fast`")
     axes[0].set_xticks(x, [f"c={c}" for c in levels])
     axes[0].set(title="end-to-end throughput", ylabel="photos/s")
@@ -154,7 +154,7 @@ def plot(bench: Path, preset: str, path: Path, checked: dict[str, dict[str, Any]
     for part, heights in stacked_cpu(runs).items():
         axes[4].bar(list(runs), heights, bottom=bottom, label=part)
         bottom += heights
-    axes[4].tick_params(axis="x", labelsize=8)
+    axes[4].tick_params(axis="x", labelsize=7, labelrotation=30)
     axes[4].set(title="CPU seconds per photo, by process", ylabel="CPU s")
     axes[4].legend(fontsize=7)
 
