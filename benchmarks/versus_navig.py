@@ -1,14 +1,16 @@
 """This stack against the NAVIG-faithful baseline and against the machine's limit, in one run.
 
 On the same `--preset` checkpoints and the same sample photos, with the same new-token budget:
-1. served: the embedded Triton (`cpu` profile) + the Geolocator over gRPC, closed loop at each
+1. served, in both pipeline modes (`reference`: NAVIG's rules; `fast`: the product), one after the
+   other: the embedded Triton (`cpu` profile) + the Geolocator over gRPC, closed loop at each
    `--concurrency` (every component on; `max_concurrency` raised to the highest level so the
    admission queue does not cap it);
 2. in-process: the orchestrator's own pipeline with every model called in-process
    (`benchmarks/in_process.py`), one photo at a time: the compute on the critical path;
 3. baseline: `benchmarks/navig_baseline`, NAVIG's calls in eager PyTorch, one photo at a time
    (it has no concurrency: its throughput is the same at every level).
-Every side warms up on one photo first (not timed); the in-process side and the baseline run in
+Every side warms up first (not timed: the baseline and the in-process side on one photo, each served
+mode on 4 requests and the counting pass); the in-process side and the baseline run in
 their own processes with OMP_WAIT_POLICY=PASSIVE (as the VLM stubs) and torch's default thread count
 (as the VLM stubs and the in-process side: `threads` 0).
 
