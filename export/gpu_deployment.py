@@ -4,7 +4,7 @@ build_plans.sh.
 
 Everything is generated from one source: the pins and ports in `containers.py`, the shapes in
 `gpu_recipes.PLAN_SHAPES`, the models' LLM arguments. Written against the sources cited in
-build/gpu_research.md; none of it has been run on a GPU by this project, and the files say so.
+docs/gpu-stack-notes.md; none of it has been run on a GPU by this project, and the files say so.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def readme(output: Path, models: list[str], options: GpuOptions, version: str) -
         "",
         f"Written by `navig export build --profile gpu` (navig-serve {version}). **Nothing here has been "
         f"run on a GPU by this project ({NOT_RUN})**: the configs and commands are written against the "
-        "sources cited in the navig-serve checkout's build/gpu_research.md and checked as text by its "
+        "sources cited in the navig-serve checkout's docs/gpu-stack-notes.md and checked as text by its "
         "tests. `navig gpu-check run` is the first run on a GPU.",
         "",
         "Two Triton servers, because NVIDIA's TensorRT-LLM image carries only the TensorRT-LLM and Python "

@@ -4,7 +4,7 @@ TensorRT has no wheels for this machine, so the commands are written beside the 
 (`build_plans.sh`) for the pinned TensorRT container to run (`containers.TENSORRT_IMAGE`), and
 tested as text here. Nothing here has been run on a GPU.
 
-`trtexec` on TensorRT 10 and 11 (build/gpu_research.md section 4): the precision flags (`--fp16`,
+`trtexec` on TensorRT 10 and 11 (docs/gpu-stack-notes.md section 4): the precision flags (`--fp16`,
 `--int8`, `--best`, ...) are deprecated since 10.12 and removed in 11 (an unknown option fails the
 run); `--stronglyTyped` is opt-in on 10.x and an accepted no-op on 11.x, where strong typing is always
 on. A strongly typed build runs every layer at the ONNX graph's own precision: fp32 for the ONNX
@@ -13,7 +13,7 @@ files `navig export` writes today, so the plans are fp32. fp16 plans would need 
 
 There is no TensorRT-LLM engine recipe: TensorRT-LLM's PyTorch LLM API (what the VLM model runs)
 refuses engine directories, and no LLM-API path uses a Qwen2-VL vision engine (NVIDIA deprecated the
-engine-build path for this model; build/gpu_research.md section 1, issue 14 point 6).
+engine-build path for this model; docs/gpu-stack-notes.md section 1, issue 14 point 6).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ encoders to the onnxruntime backend (TensorRT accelerator: engine cache, optimis
 the plans' shape table) or to TensorRT plans, and VLMs to TensorRT-LLM's LLM API the way NVIDIA's
 llmapi model is configured (python backend, decoupled, one KIND_CPU instance: the LLM owns the GPU
 and batches in flight, so Triton does not batch). Written against the sources cited in
-build/gpu_research.md; not run on a GPU.
+docs/gpu-stack-notes.md; not run on a GPU.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class GpuOptions:
 
 
 # Keys written into the ORT TensorRT accelerator: each is one the onnxruntime backend accepts
-# (build/gpu_research.md section 5; any other key fails the model load).
+# (docs/gpu-stack-notes.md section 5; any other key fails the model load).
 TRT_PROFILE_KEYS = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
 # The cpu engine's knobs in the VLM configs: the TensorRT-LLM model has no use for them.
 TRANSFORMERS_KNOBS = ("max_padding", "threads")

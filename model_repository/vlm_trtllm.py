@@ -1,7 +1,7 @@
 """The gpu profile's `reasoner`/`vlm` Triton python model: Qwen2-VL on TensorRT-LLM's LLM API.
 
 Modelled on NVIDIA's llmapi `model.py` (tensorrtllm_backend `triton_backend/all_models/llmapi`;
-build/gpu_research.md §2), written here for our tensor contract:
+docs/gpu-stack-notes.md §2), written here for our tensor contract:
 
 - Decoupled (`model_transaction_policy { decoupled: true }` in config.pbtxt; `initialize` refuses a
   config without it): every request is answered through its own response sender, and exactly one of

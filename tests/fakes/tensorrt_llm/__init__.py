@@ -3,7 +3,7 @@
 Written for navig-serve's tests (tests/fakes/README.md). It follows the public names and signatures
 of TensorRT-LLM **1.2.1** (tag commit 376f7e1bd8ed543f75014309e3fd4b237e9b0e73, shipped in
 nvcr.io/nvidia/tritonserver:26.04-26.07-trtllm-python-py3). The index held no copy of the 1.2.1
-tree itself, so these are the sources read (build/gpu_research.md §0-§1):
+tree itself, so these are the sources read (docs/gpu-stack-notes.md §0-§1):
 
 - `tensorrt_llm/llmapi/llm.py` @ 4c05a74891e4df8066f08ed4ce14b0972abe4e25: `LLM.__init__` and its
   argument checks, `generate`, `generate_async`, `_check_arguments`, `tokenizer`, `shutdown`.

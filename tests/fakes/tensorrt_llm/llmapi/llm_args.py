@@ -1,7 +1,7 @@
 """Contract fake of `tensorrt_llm/llmapi/llm_args.py` (TensorRT-LLM 1.2.1; not TensorRT-LLM).
 
 `KvCacheConfig` is a pydantic model with extra fields forbidden, like the real `StrictBaseModel`. It
-keeps only the fields that the 1.1/1.2-era copies share (build/gpu_research.md §1.3).
+keeps only the fields that the 1.1/1.2-era copies share (docs/gpu-stack-notes.md §1.3).
 `max_gpu_total_bytes` and `use_uvm` are left out on purpose: a config that relies on them fails here.
 `TORCH_LLM_ARGS` holds the field names of `BaseLlmArgs` + `TorchLlmArgs`, i.e. what `LLM(**kwargs)`
 accepts on the PyTorch backend. `TRT_ONLY_ARGS` holds `TrtLlmArgs` fields that the PyTorch `LLM`
