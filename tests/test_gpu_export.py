@@ -38,7 +38,7 @@ from navig.orchestrator.triton_client import vlm_inputs
 # The keys the onnxruntime backend accepts for its TensorRT execution accelerator; any other key fails
 # the model load ("unknown parameter '<k>' is provided for TensorRT Execution Accelerator").
 # triton-inference-server/onnxruntime_backend src/onnxruntime.cc @ 00fd3e87a0918193d7921871f2e872efdb8d9c9a
-# l.479-711 (the same parser on r26.06), as read in build/gpu_research.md section 5.
+# l.479-711 (the same parser on r26.06), as read in docs/gpu-stack-notes.md section 5.
 ORT_TRT_ACCEPTED_KEYS = {
     "precision_mode",
     "max_workspace_size_bytes",
