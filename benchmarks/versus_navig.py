@@ -62,6 +62,7 @@ from navig.client.profile.triton_stats import difference, settled_snapshot
 from navig.export.cli import quiet_transformers
 from navig.export.samples import SAMPLES_DIR, load_samples
 from navig.model_repository import contract
+from navig.orchestrator import wire
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.api import geolocator_pb2_grpc as pb_grpc
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
@@ -151,9 +152,6 @@ async def served_work(address: str, triton_url: str, images: list[bytes], option
     return work | {"countries": countries}  # each photo's answer, for the modes' agreement
 
 
-PIPELINES = {"fast": pb.FAST, "reference": pb.REFERENCE}
-
-
 def served(
     settings: Settings,
     repository: Path,
@@ -171,7 +169,7 @@ def served(
         with OrchestratorThread(settings) as server, Progress(console=console, transient=True) as progress:
 
             async def sweep(mode: str) -> tuple[list[dict], dict]:
-                options = pb.LocateOptions(max_new_tokens=tokens, pipeline=PIPELINES[mode])
+                options = pb.LocateOptions(max_new_tokens=tokens, pipeline=wire.PIPELINES[mode])
                 out = []
                 async with GeolocatorTarget(server.address, images, options, False, 3600) as target:
                     await run_level(
@@ -213,7 +211,7 @@ def served(
                         )
                 return out, work
 
-            return {mode: asyncio.run(sweep(mode)) for mode in PIPELINES}
+            return {mode: asyncio.run(sweep(mode)) for mode in wire.PIPELINES}
 
 
 # -- in-process ------------------------------------------------------------------------------------

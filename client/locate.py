@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +35,7 @@ from navig.client.results import LocateResult
 from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.searcher import registry
-from navig.orchestrator.settings import PIPELINES
+from navig.orchestrator.settings import Pipeline
 
 
 class Exit(IntEnum):
@@ -44,9 +44,6 @@ class Exit(IntEnum):
     USAGE = 2
     UNAVAILABLE = 3
     RPC_ERROR = 4
-
-
-Pipeline = StrEnum("Pipeline", {name: name for name in PIPELINES})  # the choices of --pipeline
 
 
 UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -318,7 +315,9 @@ def result_panel(path: Path, result: LocateResult, reasoning: bool = True, evide
         parts.append("[bold red]no location[/bold red]: no component could place this photo")
     reasons = "; ".join(result.reasons)
     parts.append(
-        f"answered by [bold]{result.answered_by}[/bold]" + (f": {escape(reasons)}" if reasons else "")
+        f"answered by [bold]{result.answered_by}[/bold]"
+        + (f" ({result.pipeline} pipeline)" if result.pipeline else "")
+        + (f": {escape(reasons)}" if reasons else "")
     )
     parts.extend(
         f"[yellow]degraded: {escape(d.component)}: {escape(d.reason)}[/yellow]" for d in result.degraded

@@ -33,6 +33,7 @@ class LocateResult:
     request_id: str
     guesser_output: str
     total_ms: float  # server-side, from acceptance to answer
+    pipeline: str = ""  # "fast" or "reference"; "" from a server older than pipeline modes
     extra: dict[str, Any] = field(default_factory=dict)  # client-side measurements (latency, ttfe)
 
     @classmethod
@@ -49,6 +50,7 @@ class LocateResult:
             request_id=response.request_id,
             guesser_output=response.guesser_output,
             total_ms=response.total_ms,
+            pipeline=wire.pipeline_name(response.pipeline),
         )
 
     def stage_ms(self) -> dict[str, float]:

@@ -21,7 +21,7 @@ from navig.orchestrator.embedded_triton import (
     TritonPorts,
 )
 from navig.orchestrator.security import check_exposure, metrics_bind_host
-from navig.orchestrator.settings import Settings, SettingsError, load_settings
+from navig.orchestrator.settings import Pipeline, Settings, SettingsError, load_settings
 from navig.orchestrator.tools.gazetteer.index import GazetteerError
 from navig.orchestrator.tools.guidebook.entries import GuidebookError
 from navig.orchestrator.triton_supervisor import RestartPolicy, TritonGaveUp, TritonSupervisor
@@ -104,6 +104,9 @@ def serve_geolocator(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback --host without TLS or tokens.")
     ] = False,
+    pipeline: Annotated[
+        Pipeline | None, typer.Option(help="Requests' default pipeline (settings `pipeline`; fast).")
+    ] = None,
 ) -> None:
     """Serve the Geolocator gRPC service (and the embedded Triton unless a Triton URL is given: --triton-url,
     triton_url in --config, or NAVIG_TRITON_URL) until Ctrl-C."""
@@ -119,6 +122,7 @@ def serve_geolocator(
             tls_client_ca_file=tls_client_ca,
             auth_tokens_file=auth_tokens_file,
             insecure=insecure or None,  # absent: the file's or NAVIG_INSECURE's value stands
+            pipeline=pipeline.value if pipeline is not None else None,
         )
         check_exposure(settings)
     except SettingsError as exc:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from navig.model_repository import contract
-from navig.orchestrator import navig_reference
+from navig.orchestrator import navig_reference, wire
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.errors import InvalidInput
 from navig.orchestrator.searcher import registry
@@ -32,9 +32,6 @@ class RunOptions:
     pipeline: str = "fast"  # one of settings.PIPELINES
 
 
-PIPELINE_MODES = {pb.FAST: "fast", pb.REFERENCE: "reference"}
-
-
 def run_options(request: pb.LocateOptions, settings: Settings, tools: Sequence[SearchTool]) -> RunOptions:
     """Raises InvalidInput for a token budget out of range, a pipeline that is no PipelineMode, or a
     switch naming no tool of this server."""
@@ -44,10 +41,10 @@ def run_options(request: pb.LocateOptions, settings: Settings, tools: Sequence[S
 
     if request.pipeline == pb.PIPELINE_MODE_UNSPECIFIED:
         pipeline = settings.pipeline
-    elif request.pipeline in PIPELINE_MODES:
-        pipeline = PIPELINE_MODES[request.pipeline]
+    elif wire.pipeline_name(request.pipeline):
+        pipeline = wire.pipeline_name(request.pipeline)
     else:  # proto3 enums are open: a newer client's value arrives as a bare number
-        names = ", ".join(pb.PipelineMode.Name(mode) for mode in PIPELINE_MODES)
+        names = ", ".join(pb.PipelineMode.Name(mode) for mode in wire.PIPELINES.values())
         raise InvalidInput(f"pipeline must be {names} or unset, got {request.pipeline}")
     default_tokens = settings.max_new_tokens if pipeline == "fast" else navig_reference.MAX_NEW_TOKENS
     max_new_tokens = request.max_new_tokens if request.HasField("max_new_tokens") else default_tokens

@@ -157,6 +157,7 @@ class _Call:
         return wire.response(
             outcome, self.request_id, (time.perf_counter() - self.started) * 1000, models,
             with_reasoning=self.options.return_reasoning, with_evidence=self.options.return_evidence,
+            pipeline=self.options.pipeline,
         )  # fmt: skip
 
     async def fail(self, exc: BaseException) -> None:

@@ -7,6 +7,7 @@ thing. Unknown keys in the file are errors: a typo must not silently fall back t
 from __future__ import annotations
 
 from contextvars import ContextVar
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -19,6 +20,7 @@ from navig.model_repository import contract
 # calls, thresholds and GUESSER prompt (orchestrator/navig_reference.py; docs/navig-reference.md).
 PipelineName = Literal["fast", "reference"]
 PIPELINES: tuple[str, ...] = get_args(PipelineName)
+Pipeline = StrEnum("Pipeline", {name: name for name in PIPELINES})  # the CLI's choices (--pipeline)
 
 _SETTINGS_FILE: ContextVar[Path | None] = ContextVar("navig_settings_file", default=None)
 

@@ -21,6 +21,9 @@ from navig.orchestrator.results import (
     StageTiming,
 )
 
+PIPELINES = {"fast": pb.FAST, "reference": pb.REFERENCE}  # settings.PIPELINES <-> pb.PipelineMode
+_PIPELINE_NAMES = {mode: name for name, mode in PIPELINES.items()}
+
 COMPONENTS = {
     Component.VLM_GUESSER: pb.VLM_GUESSER,
     Component.EVIDENCE_GUESSER: pb.EVIDENCE_GUESSER,
@@ -55,6 +58,7 @@ def response(
     models: dict[str, str],
     with_reasoning: bool,
     with_evidence: bool,
+    pipeline: str = "fast",
 ) -> pb.LocateResponse:
     message = pb.LocateResponse(
         answered_by=COMPONENTS[outcome.answered_by],
@@ -67,6 +71,7 @@ def response(
         reasons=outcome.reasons,
         guesser_output=outcome.guesser_output,
         total_ms=round(total_ms, 3),
+        pipeline=PIPELINES[pipeline],
     )
     if outcome.location is not None:
         message.location.CopyFrom(pb.Location(**dataclasses.asdict(outcome.location)))
@@ -83,6 +88,11 @@ def _degradation(item: Degradation) -> pb.Degradation:
 def component_name(value: int) -> str:
     """The wire enum as "vlm_guesser", "evidence_guesser" or "none" ("unspecified" for anything else)."""
     return _COMPONENT_NAMES.get(value, "unspecified")
+
+
+def pipeline_name(mode: int) -> str:
+    """ "fast" or "reference"; "" from a server that does not say (older than pipeline modes)."""
+    return _PIPELINE_NAMES.get(mode, "")
 
 
 def location_from_proto(response: pb.LocateResponse) -> Location | None:

@@ -491,6 +491,7 @@ def test_locate_in_reference_mode_reads_crops_with_the_vlm(
         with pytest.raises(LocateError) as info:
             client.locate_proto(image, pb.LocateOptions(pipeline=7))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "pipeline" in info.value.details
+    assert (reference.pipeline, fast.pipeline) == (pb.REFERENCE, pb.FAST)  # the response says which ran
 
     crops = [e for e in reference.evidence if e.tool == "detector"]
     assert crops, "no reference crops on this sample: pick another"

@@ -35,6 +35,15 @@ def test_a_response_reads_back_as_the_outcome_it_was_written_from(outcome: Outco
         outcome.reasoning, outcome.reasons, outcome.guesser_output,
     )  # fmt: skip
     assert (result.request_id, result.total_ms, result.models) == ("req-1", 12.5, {"vlm": "1"})
+    assert result.pipeline == "fast"  # the default
+
+
+def test_the_response_names_the_pipeline_that_answered():
+    outcome = Outcome(None, Component.NONE)
+    for name in ("fast", "reference"):
+        message = wire.response(outcome, "r", 1.0, {}, with_reasoning=True, with_evidence=True, pipeline=name)
+        assert LocateResult.from_proto(message).pipeline == name
+    assert LocateResult.from_proto(pb.LocateResponse()).pipeline == ""  # a server older than the modes
 
 
 def test_every_component_has_a_wire_value_and_a_name():

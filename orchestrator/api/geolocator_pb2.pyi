@@ -133,7 +133,7 @@ class Degradation(_message.Message):
     def __init__(self, component: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class LocateResponse(_message.Message):
-    __slots__ = ("location", "answered_by", "reasoning", "evidence", "timings", "models", "degraded", "request_id", "reasons", "guesser_output", "total_ms")
+    __slots__ = ("location", "answered_by", "reasoning", "evidence", "timings", "models", "degraded", "request_id", "reasons", "guesser_output", "total_ms", "pipeline")
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class LocateResponse(_message.Message):
     REASONS_FIELD_NUMBER: _ClassVar[int]
     GUESSER_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
     location: Location
     answered_by: Component
     reasoning: str
@@ -156,7 +157,8 @@ class LocateResponse(_message.Message):
     reasons: _containers.RepeatedScalarFieldContainer[str]
     guesser_output: str
     total_ms: float
-    def __init__(self, location: _Optional[_Union[Location, _Mapping]] = ..., answered_by: _Optional[_Union[Component, str]] = ..., reasoning: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[Evidence, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., degraded: _Optional[_Iterable[_Union[Degradation, _Mapping]]] = ..., request_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., guesser_output: _Optional[str] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    pipeline: PipelineMode
+    def __init__(self, location: _Optional[_Union[Location, _Mapping]] = ..., answered_by: _Optional[_Union[Component, str]] = ..., reasoning: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[Evidence, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., degraded: _Optional[_Iterable[_Union[Degradation, _Mapping]]] = ..., request_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., guesser_output: _Optional[str] = ..., total_ms: _Optional[float] = ..., pipeline: _Optional[_Union[PipelineMode, str]] = ...) -> None: ...
 
 class ReasoningDelta(_message.Message):
     __slots__ = ("text",)
