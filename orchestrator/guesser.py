@@ -63,20 +63,16 @@ async def decide(
     if not use_vlm:
         return verdict
     reference = pipeline == "reference"
+    if reference:  # free text, as NAVIG asks; read leniently, then checked
+        prompt, budget, schema = reference_prompt(reasoning, findings), max_new_tokens, None
+        parse = parse_lenient
+    else:  # the grammar bounds the answer's length: with this budget the JSON always completes
+        prompt = prompts.guesser_prompt(reasoning, evidence_lines(findings, evidence_order))
+        budget, schema, parse = prompts.GUESS_MAX_TOKENS, prompts.GUESS_SCHEMA_JSON, parse_answer
     try:
-        if reference:  # free text, as NAVIG asks; read leniently, then checked
-            prompt = reference_prompt(reasoning, findings)
-            pieces = models.generate(contract.VLM, prompt, deadline, image, max_new_tokens)
-            verdict.guesser_output = "".join([piece async for piece in pieces])
-            answer = parse_lenient(verdict.guesser_output)
-        else:
-            prompt = prompts.guesser_prompt(reasoning, evidence_lines(findings, evidence_order))
-            # the grammar bounds the answer's length: with this budget the JSON always completes
-            pieces = models.generate(
-                contract.VLM, prompt, deadline, image, prompts.GUESS_MAX_TOKENS, prompts.GUESS_SCHEMA_JSON
-            )
-            verdict.guesser_output = "".join([piece async for piece in pieces])
-            answer = parse_answer(verdict.guesser_output)
+        pieces = models.generate(contract.VLM, prompt, deadline, image, budget, schema)
+        verdict.guesser_output = "".join([piece async for piece in pieces])
+        answer = parse(verdict.guesser_output)
     except (Unavailable, DeadlineExceeded):
         raise
     except (PipelineError, InvalidAnswer) as exc:

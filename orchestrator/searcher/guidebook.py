@@ -14,7 +14,7 @@ from rich.console import Console
 from navig.model_repository import contract
 from navig.orchestrator import navig_reference
 from navig.orchestrator.results import Evidence
-from navig.orchestrator.searcher.search import Search
+from navig.orchestrator.searcher.search import Crop, Search
 from navig.orchestrator.searcher.tool import SearchTool, ToolConfig
 from navig.orchestrator.settings import Settings
 from navig.orchestrator.tools.base import Guidebook
@@ -52,41 +52,29 @@ class ConsultGuidebook(SearchTool):
         return settings
 
     async def run(self, search: Search) -> None:
-        settings = self.settings
-        if search.reference:
-            await self._first_crops(search)
+        if search.reference:  # the first crop of each label, in NAVIG's label order; not the photo
+            first: dict[str, Crop] = {}
+            for crop in search.crops:
+                first.setdefault(crop.label, crop)
+            chosen = [first[label] for label in navig_reference.PROMPT_ORDER if label in first]
+            regions = [(crop.where, crop.pixels, crop.label) for crop in chosen]
+            k = navig_reference.GUIDEBOOK_K
+        else:
+            regions = [(where, pixels, None) for where, pixels in search.regions(contract.DETECTOR_PROMPTS)]
+            k = self.settings.guidebook_k
+        if not regions:
             return
-        regions = search.regions(contract.DETECTOR_PROMPTS)
-        batch = np.stack([_square(pixels, CLIP_SIDE) for _, pixels in regions])
+        batch = np.stack([_square(pixels, CLIP_SIDE) for _, pixels, _ in regions])
         out = await search.models.infer(
             contract.CLIP_IMAGE, {contract.CLIP_IMAGE_IMAGES: batch}, search.deadline
         )
-        hits = self.index.search(
-            out[contract.CLIP_EMBEDDINGS], settings.guidebook_k, settings.guidebook_threshold
-        )
-        for (where, _), region_hits in zip(regions, hits):
+        hits = self.index.search(out[contract.CLIP_EMBEDDINGS], k, self.settings.guidebook_threshold)
+        for (where, _, label), region_hits in zip(regions, hits):
+            if label is not None:  # reference: the GUESSER's sections go by label
+                search.found.guide_by_label.setdefault(label, []).extend(region_hits)
             for hit in region_hits:
                 search.found.guide_hits.append(hit)
                 search.record(Evidence(self.name, where, hit.text, hit.source or hit.entry_id, hit.score,
-                                       hit.country_code))  # fmt: skip
-
-    async def _first_crops(self, search: Search) -> None:
-        first = {}  # label -> its first crop in detector order
-        for crop in search.crops:
-            first.setdefault(crop.label, crop)
-        chosen = [first[label] for label in navig_reference.PROMPT_ORDER if label in first]
-        if not chosen:
-            return
-        batch = np.stack([_square(crop.pixels, CLIP_SIDE) for crop in chosen])
-        out = await search.models.infer(
-            contract.CLIP_IMAGE, {contract.CLIP_IMAGE_IMAGES: batch}, search.deadline
-        )
-        k, threshold = navig_reference.GUIDEBOOK_K, self.settings.guidebook_threshold
-        for crop, crop_hits in zip(chosen, self.index.search(out[contract.CLIP_EMBEDDINGS], k, threshold)):
-            search.found.guide_by_label.setdefault(crop.label, []).extend(crop_hits)
-            for hit in crop_hits:
-                search.found.guide_hits.append(hit)
-                search.record(Evidence(self.name, crop.where, hit.text, hit.source or hit.entry_id, hit.score,
                                        hit.country_code))  # fmt: skip
 
 
