@@ -191,8 +191,9 @@ def measure(settings: Settings, repository: Path, images: list[bytes], tokens: i
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def measure_command_line(description: str) -> tuple[dict, Path]:
+    """`measure` on what the command line names; the report and where it goes (`--out`)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--guidebook", type=Path, required=True)
     parser.add_argument("--images", type=int, default=6, help="the first sample photos")
@@ -202,7 +203,12 @@ def main() -> None:
     quiet_transformers()
     images = [(SAMPLES_DIR / s.file).read_bytes() for s in load_samples(SAMPLES_DIR)][: args.images]
     settings = load_settings(port=0, metrics_port=None, log_json=False, guidebook_dir=args.guidebook)
-    args.out.write_text(json.dumps(measure(settings, args.repository, images, args.max_new_tokens), indent=1))
+    return measure(settings, args.repository, images, args.max_new_tokens), args.out
+
+
+def main() -> None:
+    report, out = measure_command_line(__doc__ or "")
+    out.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -300,17 +300,7 @@ def in_process_worker() -> None:
     side.LocalModels = CountingModels  # type: ignore[misc]
     side.in_process_pipeline = counting_pipeline
 
-    parser = argparse.ArgumentParser(description="benchmarks.in_process, counted")
-    parser.add_argument("--repository", type=Path, required=True)
-    parser.add_argument("--guidebook", type=Path, required=True)
-    parser.add_argument("--images", type=int, default=6)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    quiet_transformers()
-    images = [(SAMPLES_DIR / s.file).read_bytes() for s in load_samples(SAMPLES_DIR)][: args.images]
-    settings = load_settings(port=0, metrics_port=None, log_json=False, guidebook_dir=args.guidebook)
-    report = side.measure(settings, args.repository, images, args.max_new_tokens)
+    report, out = side.measure_command_line("benchmarks.in_process, counted")
     report["work"] = work_summary(
         photos[1:],  # the first run is measure()'s warm-up
         "model calls: LocalModels.infer/generate per model; tokens: the VLM engines' inputs and "
@@ -319,7 +309,7 @@ def in_process_worker() -> None:
     import torch
 
     report["torch_threads"] = torch.get_num_threads()
-    args.out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(report, indent=1))
 
 
 # -- baseline --------------------------------------------------------------------------------------
