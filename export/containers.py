@@ -55,7 +55,7 @@ ENCODERS = Pool(
     8000,
     8001,
     8002,
-    (*contract.OCR_MODELS, contract.DETECTOR, contract.CLIP_IMAGE, contract.CLIP_TEXT),
+    (*contract.OCR_MODELS, *contract.DETECTORS, contract.CLIP_IMAGE, contract.CLIP_TEXT),
     ENCODERS_EXTRA_PACKAGES,
 )
 VLMS = Pool("vlms", VLMS_IMAGE, 9000, 9001, 9002, contract.VLM_MODELS)

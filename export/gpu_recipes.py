@@ -24,17 +24,18 @@ from pathlib import Path
 
 from navig.model_repository import contract
 
+_PHOTOS = {  # photos come downscaled to at most DETECTOR_MAX_SIDE, as thin as 200:1
+    contract.DETECTOR_IMAGES: (
+        (1, 1, 1, 3),
+        (1, 480, 640, 3),
+        (8, contract.DETECTOR_MAX_SIDE, contract.DETECTOR_MAX_SIDE, 3),
+    )
+}
 # Optimisation profiles (min, opt, max) per dynamic input, batch dimension first.
 PLAN_SHAPES: dict[str, dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] = {
     contract.OCR_DET: {contract.OCR_DET_INPUT: ((1, 32, 32, 3), (1, 736, 960, 3), (8, 1280, 1280, 3))},
     contract.OCR_REC: {contract.OCR_REC_INPUT: ((1, 3, 48, 320), (16, 3, 48, 640), (64, 3, 48, 2048))},
-    contract.DETECTOR: {
-        contract.DETECTOR_IMAGES: (  # photos come downscaled to at most DETECTOR_MAX_SIDE, as thin as 200:1
-            (1, 1, 1, 3),
-            (1, 480, 640, 3),
-            (8, contract.DETECTOR_MAX_SIDE, contract.DETECTOR_MAX_SIDE, 3),
-        )
-    },
+    **dict.fromkeys(contract.DETECTORS, _PHOTOS),
     contract.CLIP_IMAGE: {contract.CLIP_IMAGE_IMAGES: ((1, 32, 32, 3), (8, 224, 224, 3), (32, 640, 640, 3))},
     contract.CLIP_TEXT: {
         contract.CLIP_TEXT_INPUT_IDS: ((1, 1), (16, 32), (64, 77)),

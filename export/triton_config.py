@@ -28,7 +28,13 @@ from navig.export.repository import MODEL_SOURCES
 from navig.model_repository import contract
 
 Profile = Literal["cpu", "gpu"]
-ONNX_MODELS = (contract.OCR_DET, contract.OCR_REC, contract.DETECTOR, contract.CLIP_IMAGE, contract.CLIP_TEXT)
+ONNX_MODELS = (
+    contract.OCR_DET,
+    contract.OCR_REC,
+    *contract.DETECTORS,
+    contract.CLIP_IMAGE,
+    contract.CLIP_TEXT,
+)
 ONNX_TO_TRITON = {
     onnx.TensorProto.FLOAT: mc.TYPE_FP32,
     onnx.TensorProto.FLOAT16: mc.TYPE_FP16,

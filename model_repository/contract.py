@@ -37,6 +37,10 @@ DETECTOR_BOXES = "boxes"  # float32 [N, K, 4]: x0, y0, x1, y1 as fractions of wi
 DETECTOR_SCORES = "scores"  # float32 [N, K]: best prompt's score
 DETECTOR_LABELS = "labels"  # int64 [N, K]: index into DETECTOR_PROMPTS
 DETECTOR_PROMPT_SCORES = "prompt_scores"  # float32 [N, K, len(DETECTOR_PROMPTS)]
+# The `reference` pipeline's detector: the same graph and outputs at GroundingDINO's own input size
+# (navig_reference.detector_input_size), K = every query of every prompt, in (prompt, query) order
+# (NAVIG keeps crops in query order, unsorted).
+DETECTOR_REFERENCE = "detector_reference"
 
 # CLIP, two encoders; embeddings are L2-normalised so inner product = cosine similarity.
 CLIP_IMAGE = "clip_image"
@@ -50,12 +54,16 @@ CLIP_EMBEDDINGS = "embeddings"  # float32 [N, D]
 REASONER = "reasoner"
 VLM = "vlm"
 VLM_MODELS = (REASONER, VLM)
-MODELS = (*OCR_MODELS, DETECTOR, CLIP_IMAGE, CLIP_TEXT, *VLM_MODELS)  # every model a repository holds
+DETECTORS = (DETECTOR, DETECTOR_REFERENCE)
+MODELS = (*OCR_MODELS, *DETECTORS, CLIP_IMAGE, CLIP_TEXT, *VLM_MODELS)  # every model a repository holds
 # One generation per request; every tensor has Triton's batch dimension of 1 in front (dynamic
 # batching groups concurrent requests into one batched generate).
 VLM_PROMPT = "prompt"  # bytes [1, 1]: the user turn; the model applies the checkpoint's chat template
 VLM_IMAGE = "image"  # uint8 RGB [1, H, W, 3], optional; any size (ragged across a batch)
 VLM_MAX_TOKENS = "max_tokens"  # int32 [1, 1], optional: the model config's default otherwise
 VLM_JSON_SCHEMA = "json_schema"  # bytes [1, 1], optional: constrain the answer to this JSON schema ("": none)
+VLM_ADAPTER = "adapter"  # bytes [1, 1], optional: the LoRA adapter this row runs with ("": the base)
+# Adapter mode (export `vlm.reasoner: adapter`): no `reasoner` model; the REASONER is this adapter on `vlm`.
+REASONER_ADAPTER = "reasoner"
 VLM_TEXT = "text"  # bytes [1, 1]: the whole answer (streaming: each response carries the new text)
 VLM_TOKEN_IDS = "token_ids"  # int32 [1, -1]: generated token ids (streaming: the new ones)

@@ -110,3 +110,16 @@ def downscale(image: np.ndarray, max_side: int, min_side: int) -> np.ndarray:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
+def jpeg_round_trip(pixels: np.ndarray) -> np.ndarray | None:
+    """The crop as NAVIG's VLM and CLIP see it: saved as JPEG (Pillow's default quality) and read back,
+    since NAVIG writes every crop to a file; None where Pillow cannot save it (an empty crop), which
+    NAVIG skips."""
+    buffer = io.BytesIO()
+    try:
+        Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="JPEG")
+    except (ValueError, OSError):
+        return None
+    with Image.open(buffer) as image:
+        return np.asarray(image.convert("RGB"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 # --- SEARCHER: grounding (inference.py:52, 234; utils.py:185-205; GroundingDINO util/inference.py:70-75)
 PROMPT_ORDER = ("road sign", "house", "building sign")  # also the order of the GUESSER's sections
+DETECTOR_SHORT_SIDE = 800  # T.RandomResize([800], max_size=1333): shorter side 800 (GD inference.py:39-50)
+DETECTOR_LONG_SIDE_MAX = 1333  # ... unless the longer side would pass 1333
 BOX_THRESHOLD = 0.65  # code default; README examples pass 0.3; a query is kept iff score > threshold
 CROP_MIN_SIDE = 224  # a crop is kept iff width >= 224 or height >= 224 (utils.py:203-204)
 # no cap on crops per category (utils.py:201-205); crops stay in the detector's query order
@@ -30,3 +32,15 @@ NO_TEXT = "None"  # an answer containing it is not looked up
 
 # --- generation (llm.py:30-142)
 MAX_NEW_TOKENS = 256  # every VLM call: REASONER, comments, text reading, GUESSER
+
+
+def detector_input_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) GroundingDINO's resize gives a photo: the shorter side to 800 unless the longer
+    would pass 1333, then int() of the other side (GD datasets/transforms.py `get_size_with_aspect_ratio`)."""
+    short, long = sorted((height, width))
+    size = DETECTOR_SHORT_SIDE
+    if long / short * size > DETECTOR_LONG_SIDE_MAX:
+        size = round(DETECTOR_LONG_SIDE_MAX * short / long)
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size

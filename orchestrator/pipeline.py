@@ -35,7 +35,8 @@ class Pipeline:
     def required_models(self) -> list[str]:
         """The Triton models a request that sets no option calls: health depends on them."""
         defaults = server_defaults(self.settings, self.searcher.tools)
-        models = [contract.DETECTOR]
+        reference = defaults.pipeline == "reference"
+        models = [contract.DETECTOR_REFERENCE if reference else contract.DETECTOR]
         for tool in self.searcher.tools:
             if tool.name in defaults.tools:
                 models += tool.models_in(defaults.pipeline)

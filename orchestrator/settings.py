@@ -11,7 +11,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, YamlConfigSettingsSource
 
 from navig.model_repository import contract
@@ -21,6 +30,8 @@ from navig.model_repository import contract
 PipelineName = Literal["fast", "reference"]
 PIPELINES: tuple[str, ...] = get_args(PipelineName)
 Pipeline = StrEnum("Pipeline", {name: name for name in PIPELINES})  # the CLI's choices (--pipeline)
+
+DEFAULT_POOL = "default"  # triton_url's pool: every model no other pool names
 
 _SETTINGS_FILE: ContextVar[Path | None] = ContextVar("navig_settings_file", default=None)
 
@@ -46,6 +57,17 @@ def _check_token(token: str, where: str) -> None:
         raise ValueError(f"the token at {where} has spaces or non-ASCII characters")
 
 
+class TritonPool(BaseModel):
+    """Triton replicas serving some models behind one gRPC target; calls round-robin over them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(
+        min_length=1, description="host:port, ipv4:a:port,b:port or dns:///service:port (gRPC target syntax)"
+    )
+    models: list[str] = Field(min_length=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NAVIG_", extra="forbid")
 
@@ -57,6 +79,16 @@ class Settings(BaseSettings):
     triton_routes: dict[str, str] = Field(
         default_factory=dict,
         description="model -> gRPC URL of the Triton serving it (gpu: the VLMs' server); others: triton_url",
+    )
+    pools: dict[str, TritonPool] = Field(
+        default_factory=dict,
+        description="Triton pools by name: {target, models}; models in no pool go to triton_url (the default "
+        "pool). NAVIG_POOLS is JSON",
+    )
+    triton_keepalive_s: float = Field(
+        0,
+        ge=0,
+        description="gRPC keepalive pings to Triton during calls; 0: off (Triton must permit the rate)",
     )
     max_message_bytes: int = Field(32 * 2**20, ge=2**16)
 
@@ -94,9 +126,16 @@ class Settings(BaseSettings):
         0.35, ge=0, le=1, description="fast pipeline's GroundingDINO box score (reference: NAVIG's 0.65)"
     )
     min_crop_side: int = Field(32, ge=1, description="fast pipeline: smaller detections are not worth a crop")
-    max_crops: int = Field(12, ge=0, description="per photo, best scores first; both pipelines")
+    max_crops: int = Field(12, ge=0, description="fast pipeline: per photo, best scores first")
+    reference_crops_per_label: int = Field(
+        16, ge=0, description="reference pipeline: the first N per label in query order (NAVIG: no cap)"
+    )
     describe_houses: int = Field(3, ge=0, description="house crops the describer comments on (NAVIG: 3)")
     describe_signs: int = Field(3, ge=0, description="sign crops the describer comments on")
+
+    # --- result cache (orchestrator/result_cache.py: why it is off by default) ---------------
+    result_cache_entries: int = Field(0, ge=0, description="Locate answers kept (LRU); 0: off")
+    result_cache_ttl_s: float = Field(3600.0, gt=0, description="a stored answer is reused this long at most")
 
     # --- tools -----------------------------------------------------------------------------
     map_backend: Literal["gazetteer", "nominatim", "photon"] = "gazetteer"
@@ -144,6 +183,30 @@ class Settings(BaseSettings):
             models = ", ".join(contract.MODELS)
             raise ValueError(f"no model named {', '.join(unknown)}; the models are {models}")
         return routes
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_models(cls, pools: dict[str, TritonPool]) -> dict[str, TritonPool]:
+        if DEFAULT_POOL in pools:
+            raise ValueError(f"'{DEFAULT_POOL}' is triton_url's pool (the models in no other pool)")
+        seen: dict[str, str] = {}
+        for name, pool in pools.items():
+            unknown = sorted(set(pool.models) - set(contract.MODELS))
+            if unknown:
+                models = ", ".join(contract.MODELS)
+                raise ValueError(f"pool {name}: no model named {', '.join(unknown)}; the models are {models}")
+            for model in pool.models:
+                if model in seen:
+                    raise ValueError(f"model {model} is in pools {seen[model]} and {name}: one pool each")
+                seen[model] = name
+        return pools
+
+    @model_validator(mode="after")
+    def _routes_or_pools(self) -> Settings:
+        both = sorted(set(self.triton_routes) & {m for pool in self.pools.values() for m in pool.models})
+        if both:
+            raise ValueError(f"{', '.join(both)} in both triton_routes and pools; name each model once")
+        return self
 
     @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file")
     @classmethod

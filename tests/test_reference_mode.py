@@ -48,14 +48,15 @@ from navig.orchestrator.tools.base import GuideHit, Place
 
 WIDTH, HEIGHT = 1200, 900
 ROAD, BUILDING, HOUSE = (contract.DETECTOR_PROMPTS.index(n) for n in ("road sign", "building sign", "house"))
-# name: (label, score, box in pixels); scores are float64 here so that "exactly 0.65" is exact
+# name: (label, score, box in pixels), in the detector's query order (not score order: NAVIG keeps
+# crops in query order); scores are float64 here so that "exactly 0.65" is exact
 DETECTIONS = {
     "grass": (ROAD, 0.95, (300, 450, 523, 673)),  # 223 x 223: below 224 both ways -> no crop (fast: a crop)
     "road": (ROAD, 0.90, (0, 0, 300, 60)),  # 300 wide -> a crop
+    "house4": (HOUSE, 0.76, (900, 100, 1150, 350)),  # the first house query, though the lowest score
     "house1": (HOUSE, 0.85, (0, 100, 300, 400)),
     "house2": (HOUSE, 0.80, (300, 100, 550, 350)),
-    "house3": (HOUSE, 0.78, (600, 100, 850, 350)),
-    "house4": (HOUSE, 0.76, (900, 100, 1150, 350)),  # read, but not commented (3 houses)
+    "house3": (HOUSE, 0.78, (600, 100, 850, 350)),  # read, but not commented (3 houses)
     "shop": (BUILDING, 0.70, (0, 450, 230, 470)),  # 230 x 20: thinner than the VLM's 28 px -> stretched
     "strip": (BUILDING, 0.67, (600, 450, 824, 460)),  # 224 x 10: exactly 224 -> a crop (fast: too thin)
     "at_threshold": (ROAD, 0.65, (800, 480, 1200, 880)),  # score == 0.65: not > 0.65 -> no crop
@@ -65,13 +66,21 @@ COLOUR = {name: 10 * (i + 1) for i, name in enumerate(DETECTIONS)}  # red channe
 NAME = {colour: name for name, colour in COLOUR.items()}
 BOX_NAME = {box: name for name, (_, _, box) in DETECTIONS.items()}
 LABEL = {name: contract.DETECTOR_PROMPTS[label] for name, (label, _, _) in DETECTIONS.items()}
-REFERENCE_CROPS = ["road", "house1", "house2", "house3", "house4", "shop", "strip"]
+REFERENCE_CROPS = [
+    "road",
+    "house4",
+    "house1",
+    "house2",
+    "house3",
+    "shop",
+    "strip",
+]  # PROMPT_ORDER, query order
 READ = {  # what the fake VLM reads on each crop
     "road": "Köln 3 km",
-    "house1": "None",
-    "house2": "Bäckerei Müller (None)",  # contains NO_TEXT: not looked up, but kept for the prompt
-    "house3": "Hauptstraße 5",
     "house4": "None",
+    "house1": "Bäckerei Müller (None)",  # contains NO_TEXT: not looked up, but kept for the prompt
+    "house2": "Hauptstraße 5",
+    "house3": "None",
     "shop": "Apotheke Bonn",
     "strip": "",
 }
@@ -86,24 +95,32 @@ def photo() -> np.ndarray:
 
 
 def crop_name(image: np.ndarray) -> str:
-    return NAME.get(int(image[image.shape[0] // 2, image.shape[1] // 2, 0]), "elsewhere")
+    """The region at the crop's centre; its colour within 3 (reference crops are JPEG round-tripped)."""
+    return colour_name(int(image[image.shape[0] // 2, image.shape[1] // 2, 0]))
+
+
+def colour_name(red: int) -> str:
+    return next((name for colour, name in NAME.items() if abs(red - colour) <= 3), "elsewhere")
 
 
 class FakeModels:
-    """The detector answers DETECTIONS (best first); the VLM reads READ, comments, and answers the GUESSER
-    with `answer`; CLIP embeds a crop as its colour; PP-OCR (fast only) reads one line. Records calls."""
+    """The detector answers `detections` (`detector`: best first; `detector_reference`: every one, in
+    (prompt, query) order); the VLM reads READ, comments, and answers the GUESSER with `answer`; CLIP
+    embeds a crop as its colour; PP-OCR (fast only) reads one line. Records calls."""
 
-    def __init__(self, answer: str = "") -> None:
+    def __init__(self, answer: str = "", detections: dict = DETECTIONS) -> None:
         self.answer = answer
+        self.detections = detections
         self.generated: list[dict] = []
         self.clip_batches: list[list[str]] = []
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], deadline: Deadline) -> dict:
-        if model == contract.DETECTOR:
-            rows = sorted(DETECTIONS.values(), key=lambda d: -d[1])
+        if model in contract.DETECTORS:
+            rows = list(self.detections.values())
+            rows.sort(key=(lambda d: d[0]) if model == contract.DETECTOR_REFERENCE else (lambda d: -d[1]))
             scale = np.array([WIDTH, HEIGHT, WIDTH, HEIGHT], np.float64)
-            return {
-                contract.DETECTOR_BOXES: np.array([[np.array(box) / scale for _, _, box in rows]]),
+            return {  # a quarter pixel in: int() truncation and round() both give the box back
+                contract.DETECTOR_BOXES: np.array([[(np.array(box) + 0.25) / scale for _, _, box in rows]]),
                 contract.DETECTOR_SCORES: np.array([[score for _, score, _ in rows]], np.float64),
                 contract.DETECTOR_LABELS: np.array([[label for label, _, _ in rows]], np.int64),
             }
@@ -162,7 +179,7 @@ class FakeGuidebook:
         self.asked.append((k, threshold))
         hits = []
         for row in embeddings:
-            name = NAME[int(row[0])]
+            name = colour_name(int(row[0]))
             clue = GuideHit(f"{name}-1", "DE", f"clue of {name}", 0.5, "test")
             hits.append([clue, GuideHit(f"{name}-2", "DE", f"clue of {name}", 0.4, "test")])
         return hits
@@ -198,10 +215,15 @@ class Run:
     """One photo through the searcher, with fakes."""
 
     def __init__(
-        self, pipeline: str = "reference", tools: frozenset[str] = ALL, tokens: int = 256, **settings
+        self,
+        pipeline: str = "reference",
+        tools: frozenset[str] = ALL,
+        tokens: int = 256,
+        detections: dict = DETECTIONS,
+        **settings,
     ) -> None:
         self.settings = load_settings(**settings)
-        self.models, self.map, self.guidebook = FakeModels(), FakeMap(), FakeGuidebook()
+        self.models, self.map, self.guidebook = FakeModels(detections=detections), FakeMap(), FakeGuidebook()
         self.metrics = Metrics()
         searcher_tools = built_in_tools(self.settings, self.map, self.guidebook)
         searcher_tools.append(Plugin(self.settings, ToolConfig()))
@@ -225,13 +247,29 @@ class Run:
 # --- SEARCHER ------------------------------------------------------------------------------------
 
 
-def test_reference_crops_follow_navigs_threshold_and_224_rule():
+def test_reference_crops_follow_navigs_threshold_224_rule_and_query_order():
     reference, fast = Run(tools=frozenset()), Run("fast", tools=frozenset())
-    assert reference.crops() == REFERENCE_CROPS  # best score first; no cap per label
+    assert reference.crops() == REFERENCE_CROPS  # labels in PROMPT_ORDER, each in query order
     assert all(e.score > navig_reference.BOX_THRESHOLD for e in reference.by_tool("detector"))
     assert set(fast.crops()) == set(DETECTIONS) - {"shop", "strip"}  # >= 0.35, both sides >= 32
-    capped = Run(tools=frozenset(), max_crops=2)  # max_crops bounds the reference pipeline too
-    assert capped.crops() == ["road", "house1"]
+    assert fast.crops()[:3] == ["grass", "road", "house1"]  # best score first
+    capped = Run(tools=frozenset(), reference_crops_per_label=2, max_crops=1)  # max_crops: fast only
+    assert capped.crops() == ["road", "house4", "house1", "shop", "strip"]
+    assert Run("fast", tools=frozenset(), max_crops=1).crops() == ["grass"]
+
+
+def test_reference_crops_are_navigs_unclipped_slices_of_the_photo_as_jpeg():
+    """A box past the left edge passes the 224 rule on its unclipped width, then slices from the end of
+    the row (x0 < 0) and comes out empty: NAVIG cannot save it and skips it. The fast pipeline clips it."""
+    edge = {"edge": (ROAD, 0.9, (-10, 600, 290, 890)), "road": DETECTIONS["road"]}
+    reference = Run(tools=frozenset(), detections=edge)
+    assert [e.query for e in reference.by_tool("detector")] == ["road sign"]
+    assert reference.by_tool("detector")[0].result.endswith("[0, 0, 300, 60]")
+    fast = Run("fast", tools=frozenset(), detections=edge)
+    assert [e.result.split(" at ")[1] for e in fast.by_tool("detector")] == [
+        "[0, 600, 290, 890]",
+        "[0, 0, 300, 60]",
+    ]
 
 
 def test_the_vlm_reads_every_crop_houses_included_and_none_is_not_looked_up():
@@ -272,11 +310,11 @@ def test_the_map_looks_up_each_text_for_its_top_3_places_without_a_prior():
 
 def test_the_guidebook_looks_up_the_first_crop_of_each_label_only():
     run = Run()
-    assert run.models.clip_batches == [["road", "house1", "shop"]]  # PROMPT_ORDER, no photo
+    assert run.models.clip_batches == [["road", "house4", "shop"]]  # PROMPT_ORDER, query order, no photo
     assert run.guidebook.asked == [(navig_reference.GUIDEBOOK_K, run.settings.guidebook_threshold)]
     assert {label: [h.text for h in hits] for label, hits in run.found.guide_by_label.items()} == {
         "road sign": ["clue of road", "clue of road"],
-        "house": ["clue of house1", "clue of house1"],
+        "house": ["clue of house4", "clue of house4"],
         "building sign": ["clue of shop", "clue of shop"],
     }
     assert len(run.by_tool("guidebook")) == 6
@@ -288,12 +326,12 @@ def test_the_describer_comments_on_3_houses_and_every_sign():
     run = Run()
     described = [c for c in run.models.generated if c["prompt"] in prompts.DESCRIBE.values()]
     assert sorted(c["crop"] for c in described) == sorted(
-        ["house1", "house2", "house3", "road", "shop", "strip"]
+        ["house4", "house1", "house2", "road", "shop", "strip"]
     )
     assert all(c["prompt"] == prompts.DESCRIBE[LABEL[c["crop"]]] for c in described)
     assert run.found.comments == {
         "road sign": ["road looks German."],
-        "house": ["house1 looks German.", "house2 looks German.", "house3 looks German."],
+        "house": ["house4 looks German.", "house1 looks German.", "house2 looks German."],
         "building sign": ["shop looks German.", "strip looks German."],
     }
     assert {e.source for e in run.by_tool("describer")} == {"vlm"}

@@ -41,7 +41,6 @@ words); demo weights in float32.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,7 +51,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 from transformers import (
     AutoProcessor,
     AutoTokenizer,
@@ -66,6 +64,7 @@ from navig.model_repository.vlm_engine import VlmInputs
 from navig.orchestrator import prompts
 from navig.orchestrator.answer import lenient_json
 from navig.orchestrator.guesser import reference_prompt
+from navig.orchestrator.images import jpeg_round_trip
 from navig.orchestrator.navig_reference import (
     BOX_THRESHOLD,
     COMMENT_HOUSES,
@@ -88,7 +87,9 @@ from navig.orchestrator.tools.guidebook.entries import dump_entries, parse_entri
 from navig.orchestrator.tools.guidebook.index import GuidebookIndex
 
 # Departures, each explained in README.md.
-MAX_CROPS_PER_PROMPT = 16  # NAVIG has no cap; random detector weights could give up to 100 per prompt
+# NAVIG has no cap; random detector weights could give up to 900 per prompt. The served `reference`
+# pipeline's cap, so both sides cut the same crops.
+MAX_CROPS_PER_PROMPT = int(Settings.model_fields["reference_crops_per_label"].default)
 # NAVIG's guidebook thresholds are squared-L2 distances on raw CLIP image features (< 40 retrieved,
 # <= 30 in the prompt); our index is cosine on unit vectors, where squared L2 = 2 - 2 cos <= 4 would
 # keep every hit. The served stack's cosine threshold stands in for both.
@@ -161,18 +162,6 @@ def checkpoint_folders(checkpoints: Path) -> dict[str, Path]:
     }
 
 
-def saved_and_read_back(pixels: np.ndarray) -> np.ndarray | None:
-    """NAVIG writes each crop to a JPEG file (PIL's default quality) that the VLM and CLIP read back;
-    None where PIL cannot save it (an empty crop), which NAVIG skips."""
-    buffer = io.BytesIO()
-    try:
-        Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="JPEG")
-    except (ValueError, OSError):
-        return None
-    with Image.open(buffer) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def select_crops(
     image: np.ndarray, label: str, scores: torch.Tensor, boxes: torch.Tensor, cap: int
 ) -> tuple[list[Crop], int, int]:
@@ -202,7 +191,7 @@ def select_crops(
         if abs(x2 - x1) < CROP_MIN_SIDE and abs(y2 - y1) < CROP_MIN_SIDE:
             continue
         box = (int(x1), int(y1), int(x2), int(y2))  # truncation; negative values slice from the end
-        pixels = saved_and_read_back(image[box[1] : box[3], box[0] : box[2]])
+        pixels = jpeg_round_trip(image[box[1] : box[3], box[0] : box[2]])
         if pixels is None:
             continue
         passed += 1

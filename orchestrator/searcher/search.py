@@ -5,9 +5,10 @@ off or failed is skipped. A tool that fails is recorded as degraded and the sear
 a lost Triton (UNAVAILABLE) or the deadline ends the request. Every Triton call of one photo is
 batched or fanned out at once, and Triton's dynamic batcher merges it with other requests' calls.
 
-A request's pipeline (`options.pipeline`) picks the crop rule (fast: `box_threshold`, `min_crop_side`;
-reference: NAVIG's, from `navig_reference`) and the tools that run (those whose `modes` name it);
-each tool follows the pipeline's rules in `run`. `max_crops` bounds the crops in both.
+A request's pipeline (`options.pipeline`) picks the detector and crop rule (fast: `detector`,
+`box_threshold`, `min_crop_side`, `max_crops`; reference: `detector_reference` and NAVIG's rules, from
+`navig_reference`, capped by `reference_crops_per_label`) and the tools that run (those whose `modes`
+name it); each tool follows the pipeline's rules in `run`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from navig.model_repository import contract
 from navig.orchestrator import navig_reference
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable, first_error
-from navig.orchestrator.images import downscale
+from navig.orchestrator.images import downscale, jpeg_round_trip
 from navig.orchestrator.metrics import Metrics
 from navig.orchestrator.models import Models
 from navig.orchestrator.results import Degradation, Emit, Evidence
@@ -165,10 +166,11 @@ class Searcher:
     async def _detect(
         self, image: np.ndarray, view: np.ndarray, deadline: Deadline, reference: bool
     ) -> list[Crop]:
-        """The crops, best score first. Fast: score >= box_threshold and both sides >= min_crop_side.
-        Reference (NAVIG's utils.py): score > BOX_THRESHOLD (strict), kept iff width or height >=
-        CROP_MIN_SIDE, no cap per label. Both: at most max_crops (a safety cap NAVIG does not have)."""
-        settings, side = self.settings, navig_reference.CROP_MIN_SIDE
+        """Fast: the crops, best score first, score >= box_threshold and both sides >= min_crop_side, at
+        most max_crops."""
+        if reference:
+            return await self._detect_reference(image, view, deadline)
+        settings = self.settings
         out = await self.models.infer(contract.DETECTOR, {contract.DETECTOR_IMAGES: view[None]}, deadline)
         height, width = image.shape[:2]  # boxes come as fractions: crops are cut from the full photo
         scale = np.array([width, height, width, height], np.float32)
@@ -176,19 +178,43 @@ class Searcher:
                          out[contract.DETECTOR_LABELS][0])  # fmt: skip
         crops: list[Crop] = []
         for box, score, label in detections:
-            low = score <= navig_reference.BOX_THRESHOLD if reference else score < settings.box_threshold
-            if low or len(crops) >= settings.max_crops:
+            if score < settings.box_threshold or len(crops) >= settings.max_crops:
                 break  # scores come sorted, best first
             x0, y0, x1, y1 = np.clip(np.round(box * scale), 0, scale).astype(int).tolist()
-            w, h = x1 - x0, y1 - y0
-            if reference:  # also skipped: a crop empty once clipped (NAVIG skips crops it cannot save)
-                small = (w < side and h < side) or min(w, h) <= 0
-            else:
-                small = min(w, h) < settings.min_crop_side
-            if small:
+            if min(x1 - x0, y1 - y0) < settings.min_crop_side:
                 continue
             pixels = np.ascontiguousarray(image[y0:y1, x0:x1])
             crops.append(Crop(contract.DETECTOR_PROMPTS[int(label)], float(score), (x0, y0, x1, y1), pixels))
+        return crops
+
+    async def _detect_reference(self, image: np.ndarray, view: np.ndarray, deadline: Deadline) -> list[Crop]:
+        """NAVIG's crops (utils.py:185-205, inference.py:62-71) from `detector_reference` (every query of
+        every prompt, in query order): per label in PROMPT_ORDER, queries in order, score > BOX_THRESHOLD;
+        the box scaled to the full photo and int()-truncated, not clipped; kept iff width or height >=
+        CROP_MIN_SIDE; cut as a Python slice (a negative edge counts from the end, so an edge box can come
+        out empty) and JPEG round-tripped as NAVIG saves crops to files; an empty crop is skipped (NAVIG
+        cannot save it). At most `reference_crops_per_label` per label (NAVIG: no cap)."""
+        out = await self.models.infer(
+            contract.DETECTOR_REFERENCE, {contract.DETECTOR_IMAGES: view[None]}, deadline
+        )
+        height, width = image.shape[:2]
+        boxes = out[contract.DETECTOR_BOXES][0] * np.array([width, height, width, height], np.float32)
+        scores, labels = out[contract.DETECTOR_SCORES][0], out[contract.DETECTOR_LABELS][0]
+        side, cap = navig_reference.CROP_MIN_SIDE, self.settings.reference_crops_per_label
+        crops: list[Crop] = []
+        for label in navig_reference.PROMPT_ORDER:
+            mine = labels == contract.DETECTOR_PROMPTS.index(label)
+            kept = 0
+            for box, score in zip(boxes[mine], scores[mine]):
+                if kept >= cap:
+                    break
+                x0, y0, x1, y1 = (int(v) for v in box)
+                if not score > navig_reference.BOX_THRESHOLD or (abs(x1 - x0) < side and abs(y1 - y0) < side):
+                    continue
+                pixels = await asyncio.to_thread(jpeg_round_trip, image[y0:y1, x0:x1])
+                if pixels is not None:
+                    crops.append(Crop(label, float(score), (x0, y0, x1, y1), pixels))
+                    kept += 1
         return crops
 
 
