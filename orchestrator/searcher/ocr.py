@@ -1,17 +1,38 @@
-"""Reads the signs. Fast: PP-OCR on the whole photo and every sign crop at once. Reference (NAVIG's
-`getOSM`): the base VLM reads every crop of every label, houses included, one generation per crop."""
+"""Reads the signs. Fast: PP-OCR, by default on the whole photo once, its lines given to the sign crops
+they lie in, and a crop read on its own only where the photo pass found no text in it (`photo_first`);
+`every_crop` reads the photo and every sign crop, each a full detection + recognition pass. Reference
+(NAVIG's `getOSM`): the base VLM reads every crop of every label, houses included, one generation per crop."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
 
 from navig.model_repository import contract
 from navig.orchestrator import navig_reference, prompts
+from navig.orchestrator.images import downscale
 from navig.orchestrator.results import Evidence
+from navig.orchestrator.searcher import text_boxes
 from navig.orchestrator.searcher.search import Search
-from navig.orchestrator.searcher.tool import SearchTool
+from navig.orchestrator.searcher.tool import SearchTool, ToolConfig
+from navig.orchestrator.settings import Settings
 
 SIGNS = ("road sign", "building sign")
+PHOTO = "photo"
+
+
+class ReadSignsConfig(ToolConfig):
+    """`tools: {ocr: {...}}` in the settings (`fast` pipeline only)."""
+
+    strategy: Literal["photo_first", "every_crop"] = "photo_first"
+    # the photo pass's long side: PP-OCR detects on at most 960 px (the `ocr` model's limit_side_len)
+    # whatever it is sent, but recognises the lines it found on the image as sent, up to its
+    # max_side_len of 2000 px; 1280 is the detector's view, already made, so nothing is resized again
+    photo_side: int = Field(contract.DETECTOR_MAX_SIDE, ge=64, le=2000)
+    min_inside: float = Field(text_boxes.MIN_INSIDE, gt=0.0, le=1.0)  # share of a line's box in a crop
 
 
 class ReadSigns(SearchTool):
@@ -20,6 +41,13 @@ class ReadSigns(SearchTool):
     models = (contract.OCR,)
     modes = frozenset({"fast", "reference"})
     evidence_rank = 20
+    Config = ReadSignsConfig
+    config: ReadSignsConfig
+
+    def __init__(self, settings: Settings, config: ToolConfig) -> None:
+        # a bare ToolConfig (built by hand, as in tests) takes this tool's defaults for the rest
+        own = config if isinstance(config, ReadSignsConfig) else ReadSignsConfig(**config.model_dump())
+        super().__init__(settings, own)
 
     @classmethod
     def models_in(cls, pipeline: str) -> tuple[str, ...]:
@@ -29,19 +57,44 @@ class ReadSigns(SearchTool):
         if search.reference:
             await self._read_with_the_vlm(search)
             return
-        regions = search.regions(SIGNS)
-        infer = search.models.infer
-        reads = await asyncio.gather(
-            *[infer(contract.OCR, {contract.OCR_IMAGE: pixels}, search.deadline) for _, pixels in regions]
-        )
+        if self.config.strategy == "every_crop":
+            regions = search.regions(SIGNS)
+            reads = await asyncio.gather(*(self._read(search, pixels) for _, pixels in regions))
+            lines = [(where, *line) for (where, _), read in zip(regions, reads) for line in _lines(read)]
+        else:
+            lines = await self._read_photo_first(search)
         seen: set[str] = set()
-        for (where, _), out in zip(regions, reads):
-            for text, score in zip(out[contract.OCR_TEXTS], out[contract.OCR_SCORES]):
-                line = " ".join(text.decode("utf-8").split())
-                if line and line.casefold() not in seen:
-                    seen.add(line.casefold())
-                    search.found.lines.append(line)
-                    search.record(Evidence(self.name, where, line, contract.OCR, float(score)))
+        for where, line, score in lines:
+            if line and line.casefold() not in seen:
+                seen.add(line.casefold())
+                search.found.lines.append(line)
+                search.record(Evidence(self.name, where, line, contract.OCR, score))
+
+    async def _read_photo_first(self, search: Search) -> list[tuple[str, str, float]]:
+        """(where, line, score): the photo's lines, named for the sign crop holding most of each, then
+        the lines of the sign crops in which the photo pass found none (text too small in the photo,
+        or missed), each read on its own at full resolution."""
+        side = self.config.photo_side
+        if side == contract.DETECTOR_MAX_SIDE:
+            photo = search.view
+        else:
+            photo = await asyncio.to_thread(downscale, search.image, side, 1)
+        read = await self._read(search, photo)
+        crops = [c for c in search.crops if c.label in SIGNS]
+        height, width = search.image.shape[:2]  # boxes come in the sent photo's pixels, crops in the image's
+        scale = np.array([width / photo.shape[1], height / photo.shape[0]], np.float32)
+        # an answer without boxes (a `Models` that has none) gives no crop its lines: every crop is read
+        boxes = read.get(contract.OCR_BOXES, np.zeros((0, 4, 2), np.float32)) * scale
+        owners = text_boxes.assign(boxes, [c.box for c in crops], self.config.min_inside)
+        owners += [None] * (len(read[contract.OCR_TEXTS]) - len(owners))
+        lines = [(PHOTO if o is None else crops[o].where, *line) for o, line in zip(owners, _lines(read))]
+        unread = [c for k, c in enumerate(crops) if k not in owners]
+        reads = await asyncio.gather(*(self._read(search, c.pixels) for c in unread))
+        return lines + [(crop.where, *line) for crop, r in zip(unread, reads) for line in _lines(r)]
+
+    @staticmethod
+    async def _read(search: Search, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        return await search.models.infer(contract.OCR, {contract.OCR_IMAGE: pixels}, search.deadline)
 
     async def _read_with_the_vlm(self, search: Search) -> None:
         """Every answer goes to `found.texts` (the GUESSER keeps those that are not exactly NO_TEXT);
@@ -56,3 +109,9 @@ class ReadSigns(SearchTool):
                 search.record(Evidence(self.name, crop.where, text, contract.VLM, crop.score))
             if text and navig_reference.NO_TEXT not in text:
                 found.lines.append(text)  # one map query per text read, duplicates included
+
+
+def _lines(read: dict[str, np.ndarray]) -> list[tuple[str, float]]:
+    """(line, score) in the `ocr` model's reading order, whitespace normalised."""
+    texts, scores = read[contract.OCR_TEXTS], read[contract.OCR_SCORES]
+    return [(" ".join(t.decode("utf-8").split()), float(s)) for t, s in zip(texts, scores)]
