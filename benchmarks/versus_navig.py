@@ -132,7 +132,7 @@ async def served_work(address: str, triton_url: str, images: list[bytes], option
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
-    per_photo, countries = [], []
+    per_photo, countries, cut = [], [], []
     async with grpc.aio.insecure_channel(address, options=limits) as channel:
         stub = pb_grpc.GeolocatorStub(channel)
         for image in images:
@@ -140,16 +140,17 @@ async def served_work(address: str, triton_url: str, images: list[bytes], option
             response = await stub.Locate(pb.LocateRequest(image=image, options=options), timeout=3600)
             after = await asyncio.to_thread(settled_snapshot, triton_url)
             calls = {model: int(s["requests"]) for model, s in difference(before, after).items()}
-            crops = sum(1 for e in response.evidence if e.tool == "detector")
-            per_photo.append(photo_work(crops, calls))
+            crops = [e.result for e in response.evidence if e.tool == "detector"]  # Crop.where, in order
+            per_photo.append(photo_work(len(crops), calls))
             countries.append(response.location.country_code or None)
+            cut.append(crops)
     work = work_summary(
         per_photo,
         "model calls: Triton's statistics around each photo (ocr_det/ocr_rec are called by the `ocr` "
         "model through BLS); crops: the response's detector evidence; tokens: not measurable; "
         "reloads: none (CLIP and the guidebook index are loaded once at start)",
     )
-    return work | {"countries": countries}  # each photo's answer, for the modes' agreement
+    return work | {"countries": countries, "crops": cut}  # each photo's answer and crops, for comparisons
 
 
 def served(
@@ -352,6 +353,7 @@ def baseline(checkpoints: Path, root: Path, files: list[Path], tokens: int) -> d
         "cpu_s_per_photo": report["cpu_s_per_photo"],
         "cpu_utilisation": report["cpu_utilisation"],
         "work": baseline_work(report["images"]),
+        "crops": [image["crops"] for image in report["images"]],
         **latency_summary(latencies, report["timed_seconds"]),
     }
 
@@ -364,6 +366,51 @@ def agreement(fast: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]
         "photos": len(pairs),
         "same_country": sum(1 for f, r in pairs if f is not None and f == r),
         "countries": pairs,
+    }
+
+
+def same_crops(reference: list[list[str]], baseline: list[list[str]]) -> dict[str, Any]:
+    """Whether served `reference` and the baseline cut the same crops, photo by photo: identical lists
+    (label, box and order), and crops matched by label with boxes within `tolerance_px` on every side
+    (the two detectors resize the photo with different resamplers, so boxes can move by a pixel or
+    scores cross the threshold). The counts beside the times are only the same work if these agree."""
+    tolerance_px = 4
+
+    def parse(where: str) -> tuple[str, list[int]]:
+        label, box = where.split(" at ")
+        return label, json.loads(box)
+
+    photos = []
+    for served_crops, baseline_crops in zip(reference, baseline, strict=True):
+        left = [parse(w) for w in baseline_crops]
+        matched = 0
+        for label, box in map(parse, served_crops):
+            near = next(
+                (
+                    c
+                    for c in left
+                    if c[0] == label and max(abs(a - b) for a, b in zip(c[1], box)) <= tolerance_px
+                ),
+                None,
+            )
+            if near is not None:
+                left.remove(near)
+                matched += 1
+        photos.append(
+            {
+                "reference": len(served_crops),
+                "baseline": len(baseline_crops),
+                "matched": matched,
+                "identical": served_crops == baseline_crops,
+            }
+        )
+    return {
+        "tolerance_px": tolerance_px,
+        "photos": photos,
+        "identical_photos": sum(p["identical"] for p in photos),
+        "matched": sum(p["matched"] for p in photos),
+        "reference_crops": sum(p["reference"] for p in photos),
+        "baseline_crops": sum(p["baseline"] for p in photos),
     }
 
 
@@ -411,6 +458,7 @@ def main() -> None:
         report["in_process"] = in_process(repository, guidebook, len(images), args.max_new_tokens, args.root)
     with console.status("the NAVIG-faithful baseline, one photo at a time..."):
         report["baseline"] = baseline(checkpoints, args.root, files, args.max_new_tokens)
+    report["same_crops"] = same_crops(report["served_reference_work"]["crops"], report["baseline"]["crops"])
     out = args.root / "versus_navig.json"
     out.write_text(json.dumps(report, indent=1))
 
@@ -443,6 +491,11 @@ def main() -> None:
     agree = report["agreement"]
     console.print(
         f"fast vs reference: the same country on {agree['same_country']} of {agree['photos']} photos"
+    )
+    same = report["same_crops"]
+    console.print(
+        f"reference vs baseline crops: {same['matched']} matched of {same['reference_crops']} / "
+        f"{same['baseline_crops']}; identical on {same['identical_photos']} of {len(same['photos'])} photos"
     )
     console.print(work_table(report))
     console.print(f"-> {out}")

@@ -27,6 +27,13 @@ class InvalidInput(PipelineError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class ModelMissing(PipelineError):
+    """Triton does not serve a model the request needs (e.g. `reference` without `detector_reference`):
+    retrying cannot help, the repository must be exported with it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 def first_error(group: BaseExceptionGroup) -> BaseException:
     """The failure that tells the story of a TaskGroup: its first; the others were cancelled by it."""
     error: BaseException = group

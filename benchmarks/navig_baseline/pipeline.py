@@ -136,6 +136,7 @@ class BaselineResult:
     # inside `guidebook`: clip_load, index_load, clip_embed
     detail_ms: dict[str, float] = field(default_factory=dict)
     guesser_prompt: str = ""
+    crops: list[str] = field(default_factory=list)  # `Crop.where` of each, in order (the served side's form)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,6 +149,7 @@ class BaselineResult:
             "counts": self.counts,
             "detail_ms": self.detail_ms,
             "guesser_prompt": self.guesser_prompt,
+            "crops": self.crops,
         }
 
 
@@ -462,6 +464,7 @@ class NavigBaseline:
         counts["crops_over_cap"] = counts["crops_before_cap"] - counts["crops"]
         for key, value in counts.items():
             self.counts_total[key] += value
+        where = [crop.where for label in PROMPT_ORDER for crop in crops[label]]
         return BaselineResult(
-            answer, output, error, reasoning, evidence, timings, counts, clock.detail, prompt
+            answer, output, error, reasoning, evidence, timings, counts, clock.detail, prompt, where
         )
