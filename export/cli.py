@@ -26,7 +26,15 @@ DEFAULT_REPOSITORY = Path("build/model_repository")
 
 
 def _progress() -> Progress:
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    from navig.export.progress import BytesColumn
+
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        BytesColumn(),
+        TimeElapsedColumn(),
+    )
     return Progress(*columns, console=console, transient=True)
 
 
@@ -40,8 +48,10 @@ def run_build(spec: ExportSpec, reuse: bool = False) -> None:
     from navig.export.repository import REPORT_FILE
 
     def export() -> BuildResult:
+        from navig.export.progress import attached
+
         quiet_transformers()
-        with _progress() as progress:
+        with _progress() as progress, attached(progress):
             return build(spec, progress)
 
     started = time.perf_counter()
@@ -67,6 +77,8 @@ def run_build(spec: ExportSpec, reuse: bool = False) -> None:
         path = str(r.path.relative_to(result.repository))
         table.add_row(r.model, path, f"{r.size_bytes / 1e6:.1f} MB", r.parity(), f"{r.seconds:.1f}")
     console.print(table)
+    for warning in (w for r in result.reports for w in r.warnings):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print(
@@ -180,6 +192,29 @@ def export_demo_checkpoints(
         table.add_row(name, f"{count:,}")
     console.print(table)
     console.print(f"export them with: navig export build {out / SPEC_FILE}")
+
+
+@app.command("convert-pickle")
+def export_convert_pickle(
+    folder: Annotated[Path, typer.Argument(help="Checkpoint or adapter folder with pickled weights.")],
+) -> None:
+    """Write safetensors beside pickled weights (*.bin, *.pt, *.pth, *.ckpt), which the exporter never loads.
+
+    Reads them with torch.load(weights_only=True): tensors and plain containers only. Run it on files
+    you trust; the pickled files are left in place."""
+    from navig.export.pickled import convert_folder
+
+    if not folder.is_dir():
+        errors.print(f"[red]error:[/red] folder not found: {folder}")
+        raise typer.Exit(2)
+    try:
+        with console.status(f"converting the pickled weights in {folder}..."):
+            written = convert_folder(folder)
+    except ExportError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for path in written:
+        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command("samples")

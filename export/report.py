@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -20,6 +20,7 @@ class ArtifactReport:
     figure: str = ""  # the measured result when it is not a difference, e.g. "identical bytes (sha256)"
     misses: int | None = None  # outputs left out of max_abs_diff: no counterpart within tolerance
     misses_allowed: int | None = None  # the most misses the check accepts (argued beside its constant)
+    warnings: list[str] = field(default_factory=list)  # what the user should check (e.g. adapter vs base)
 
     @classmethod
     def of_file(

@@ -14,6 +14,7 @@ cast weights, checked like the reasoner's, when one is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -23,8 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from navig.export.checkpoints import load_pretrained, read_config
-from navig.export.errors import CheckpointError, ExportError
+from navig.export import merge_check, progress
+from navig.export.adapters import Adapter, apply_adapter, check_adapter
+from navig.export.checkpoints import load_pretrained, read_config, shard_limit, weight_files
+from navig.export.errors import ExportError
 from navig.export.fingerprint import sha256_file
 from navig.export.report import ArtifactReport, folder_size
 from navig.model_repository import contract
@@ -67,21 +70,6 @@ PARITY_PROMPT = "Where was this photo taken? Describe the signs, the vegetation 
 
 def weights_dir(repository: Path, model: str) -> Path:
     return repository / model / "1" / "weights"
-
-
-def check_adapter(adapter: Path) -> dict:
-    """A peft LoRA folder with safetensors weights, or a CheckpointError that says what is off."""
-    if not adapter.is_dir():
-        raise CheckpointError(f"adapter folder not found: {adapter}")
-    config_file = adapter / "adapter_config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{adapter}: no adapter_config.json; not a peft adapter folder")
-    config = json.loads(config_file.read_text())
-    if config.get("peft_type") != "LORA":
-        raise CheckpointError(f"{adapter}: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
-    if not (adapter / "adapter_model.safetensors").is_file():
-        raise CheckpointError(f"{adapter}: no adapter_model.safetensors (pickled adapters are not loaded)")
-    return config
 
 
 def parity_images(count: int = 2) -> list[np.ndarray]:
@@ -154,14 +142,20 @@ def cast_check(
 
 
 def save_weights(model: Any, base: Path, target: Path, dtype: str) -> None:
-    """`model` in `dtype` as a Hugging Face folder with the base checkpoint's side files. config.json
-    is the model's (stating the saved dtype), with `torch_dtype` beside transformers 5's `dtype`,
-    so a transformers 4.x reader (TensorRT-LLM's) finds it too."""
+    """`model` in `dtype` as a Hugging Face folder with the base checkpoint's side files, sharded as the
+    base is (`checkpoints.shard_limit`: shards no larger than its largest, with an index; one file
+    when it is one file). config.json is the model's (stating the saved dtype), with `torch_dtype`
+    beside transformers 5's `dtype`, so a transformers 4.x reader (TensorRT-LLM's) finds it too."""
     if target.exists():
         shutil.rmtree(target)
     copy_side_files(base, target)
     model.to(TORCH_DTYPES[dtype])
-    model.save_pretrained(target, safe_serialization=True)  # its config.json and generation_config.json
+    total = sum(t.nbytes for t in _weights(model))
+    with progress.watched(
+        f"saving {target.parent.parent.name} weights", total, progress.bytes_on_disk(target)
+    ):
+        # safetensors >= 0.6 writes each tensor from its memory: no serialized copy of a shard
+        model.save_pretrained(target, safe_serialization=True, max_shard_size=shard_limit(base))
     config_file = target / "config.json"
     config = json.loads(config_file.read_text())
     config["torch_dtype"] = config.get("dtype", dtype)
@@ -192,9 +186,10 @@ def copy_side_files(source: Path, target: Path) -> None:
 
 
 def export_base(base: Path, repository: Path, dtype: str | None = None) -> ArtifactReport:
-    """The GUESSER/describer serve the base checkpoint as it is: copied, not re-saved, and the copy
-    checked byte for byte (sha256 of every file against its source). When `dtype` differs from the
-    checkpoint's own, the weights are cast and saved instead, and the cast checked (`cast_check`)."""
+    """The GUESSER/describer serve the base checkpoint as it is: copied, never loaded, not re-saved,
+    and the copy checked byte for byte (sha256 of every file against its source's, the source hashed
+    as it is read). When `dtype` differs from the checkpoint's own, the weights are cast and saved
+    instead, and the cast checked (`cast_check`)."""
     started = time.perf_counter()
     config = read_config(base, QWEN2_VL_TYPES)
     if dtype is not None and dtype != checkpoint_dtype(config):
@@ -202,11 +197,10 @@ def export_base(base: Path, repository: Path, dtype: str | None = None) -> Artif
     target = weights_dir(repository, contract.VLM)
     if target.exists():
         shutil.rmtree(target)
-    copy_side_files(base, target)
-    for weights in [*base.glob("*.safetensors"), *base.glob("model.safetensors.index.json")]:
-        shutil.copy2(weights, target / weights.name)
+    target.mkdir(parents=True)
+    files = [base / n for n in SIDE_FILES if (base / n).is_file()] + weight_files(base)
     try:
-        copied = verify_copy(base, target)
+        copied = copy_verified(files, target)
     except ExportError:
         shutil.rmtree(target)
         raise
@@ -222,10 +216,36 @@ def export_base(base: Path, repository: Path, dtype: str | None = None) -> Artif
     )
 
 
-def _export_cast_base(base: Path, repository: Path, dtype: str, started: float) -> ArtifactReport:
-    from transformers import Qwen2VLForConditionalGeneration
+def copy_verified(files: list[Path], target: Path, chunk: int = 1 << 24) -> int:
+    """Copies `files` into `target` in chunks, hashing each source as it is read, then hashes each copy
+    read back; returns how many. Progress: bytes and files."""
+    total = sum(f.stat().st_size for f in files)
+    with progress.byte_task("vlm: copying the base checkpoint", 2 * total) as update:
+        for k, source in enumerate(files, 1):
+            update(shards=f"file {k}/{len(files)}: copy")
+            digest = hashlib.sha256()
+            with source.open("rb") as src, (target / source.name).open("wb") as dst:
+                while block := src.read(chunk):
+                    digest.update(block)
+                    dst.write(block)
+                    update(len(block))
+            shutil.copystat(source, target / source.name)
+            update(shards=f"file {k}/{len(files)}: sha256 of the copy")
+            copy = hashlib.sha256()
+            with (target / source.name).open("rb") as f:
+                while block := f.read(chunk):
+                    copy.update(block)
+                    update(len(block))
+            if copy.hexdigest() != digest.hexdigest():
+                raise ExportError(
+                    f"vlm: the copy of {source} differs from its source "
+                    f"(sha256 {copy.hexdigest()[:12]}... vs {digest.hexdigest()[:12]}...)"
+                )
+    return len(files)
 
-    model = load_pretrained(Qwen2VLForConditionalGeneration, base, QWEN2_VL_TYPES, dtype=torch.float32)
+
+def _export_cast_base(base: Path, repository: Path, dtype: str, started: float) -> ArtifactReport:
+    model = load_base(base, torch.float32)
     samples = parity_samples(base, model)
     diff, tolerance = cast_check(model, samples, _logits(model, samples), dtype)
     if not diff <= tolerance:
@@ -256,24 +276,91 @@ def verify_copy(source: Path, copy: Path) -> int:
 def export_merged_reasoner(
     base: Path, adapter: Path, repository: Path, tolerance: float, dtype: str = "float32"
 ) -> list[ArtifactReport]:
-    """The merge, checked in float32 (one report), then saved in `dtype`; a cast is checked too (a
-    second report, same folder)."""
-    from peft import PeftModel
+    """The REASONER adapter merged into the base and saved in `dtype`. In the checkpoint's own dtype
+    the model is loaded once, in that dtype, and merged in place, the merge checked on that one model
+    (`merge_check`): one report. Otherwise (a forced dtype) the merge is checked in float32 and the
+    cast too: two reports, same folder."""
+    started = time.perf_counter()
+    found = check_adapter(adapter, base)
+    if dtype == checkpoint_dtype(read_config(base, QWEN2_VL_TYPES)):
+        return [_merge_in_dtype(base, found, repository, tolerance, dtype, started)]
+    return _merge_in_float32_then_cast(base, found, repository, tolerance, dtype, started)
+
+
+def load_base(base: Path, dtype: torch.dtype) -> Any:
+    """The base checkpoint in `dtype`, with byte progress (resident memory filled vs expected size)."""
     from transformers import Qwen2VLForConditionalGeneration
 
-    started = time.perf_counter()
-    check_adapter(adapter)
-    model = load_pretrained(Qwen2VLForConditionalGeneration, base, QWEN2_VL_TYPES, dtype=torch.float32)
+    expected = sum(f.stat().st_size for f in base.glob("*.safetensors"))
+    expected = (
+        expected
+        * dtype.itemsize
+        // TORCH_DTYPES[checkpoint_dtype(read_config(base, QWEN2_VL_TYPES))].itemsize
+    )
+    shards = len(list(base.glob("*.safetensors")))
+    with progress.watched(
+        f"loading the base ({shards} shard(s), {dtype})", expected, progress.resident_growth()
+    ):
+        return load_pretrained(Qwen2VLForConditionalGeneration, base, QWEN2_VL_TYPES, dtype=dtype)
+
+
+def _merge_in_dtype(
+    base: Path, adapter: Adapter, repository: Path, tolerance: float, dtype: str, started: float
+) -> ArtifactReport:
+    model = load_base(base, TORCH_DTYPES[dtype])
     samples = parity_samples(base, model)
-    try:
-        peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False).eval()
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{adapter}: does not fit the base model {base}: {exc}") from exc
-    with torch.inference_mode():
-        unmerged = [peft_model(**s).logits for s in samples]
-        merged_model = peft_model.merge_and_unload()
-        merged = [merged_model(**s).logits for s in samples]
-    diff = max(float((a - b).abs().max()) for a, b in zip(unmerged, merged))
+    prompts = greedy_samples(base, model)
+    peft_model, adapted = apply_adapter(model, adapter)
+    before, greedy_before = merge_check.logits(peft_model, samples), merge_check.greedy(peft_model, prompts)
+    merged_model = peft_model.merge_and_unload()  # in place: the base's tensors now hold W + s B A
+    after, greedy_after = merge_check.logits(merged_model, samples), merge_check.greedy(merged_model, prompts)
+    diff = merge_check.max_diff(before, after)
+    check = f"logits: merged vs PEFT-unmerged, {dtype}, one model, {len(samples)} image+text inputs"
+    if dtype != "float32":
+        with merge_check.perturbed(merged_model, adapted, UNIT_ROUNDOFF[dtype]):
+            tolerance = merge_check.MERGE_MARGIN * merge_check.max_diff(
+                after, merge_check.logits(merged_model, samples)
+            )
+        check += (
+            f"; tolerance {merge_check.MERGE_MARGIN:g}x the change from perturbing each merged weight by "
+            f"up to u({dtype}) = {UNIT_ROUNDOFF[dtype]:.1e} of its value (merge_check.MERGE_MARGIN)"
+        )
+    greedy = merge_check.compare_greedy(greedy_before, greedy_after, tolerance)
+    if not diff <= tolerance:
+        raise ExportError(f"reasoner: merged vs PEFT logits differ by {diff:.2e} > tolerance {tolerance:.1e}")
+    if greedy.failures:
+        raise ExportError(f"reasoner: merged vs PEFT greedy tokens differ: {'; '.join(greedy.failures)}")
+    target = weights_dir(repository, contract.REASONER)
+    save_weights(merged_model, base, target, dtype)
+    return ArtifactReport(
+        model=contract.REASONER,
+        path=target,
+        size_bytes=folder_size(target),
+        max_abs_diff=diff,
+        tolerance=tolerance,
+        seconds=time.perf_counter() - started,
+        check=f"{check}; {greedy.summary()} ({len(prompts)} text prompts)",
+        warnings=adapter.warnings,
+    )
+
+
+def greedy_samples(base: Path, model: Any) -> list[dict]:
+    inputs_for = VlmInputs(base, model.config.vision_config.spatial_merge_size, model.config.image_token_id)
+    return [inputs_for(prompt, None) for prompt in merge_check.GREEDY_PROMPTS]
+
+
+def _merge_in_float32_then_cast(
+    base: Path, adapter: Adapter, repository: Path, tolerance: float, dtype: str, started: float
+) -> list[ArtifactReport]:
+    """A dtype other than the checkpoint's: float32 holds both without rounding the merge twice, at
+    float32's memory (2x a bfloat16 checkpoint's)."""
+    model = load_base(base, torch.float32)
+    samples = parity_samples(base, model)
+    peft_model, _ = apply_adapter(model, adapter)
+    unmerged = _logits(peft_model, samples)
+    merged_model = peft_model.merge_and_unload()
+    merged = _logits(merged_model, samples)
+    diff = _max_diff(unmerged, merged)
     if not diff <= tolerance:
         raise ExportError(f"reasoner: merged vs PEFT logits differ by {diff:.2e} > tolerance {tolerance:.0e}")
     cast = None
@@ -295,6 +382,7 @@ def export_merged_reasoner(
             tolerance=tolerance,
             seconds=time.perf_counter() - started,
             check=f"logits: merged vs PEFT-unmerged, float32, {len(samples)} image+text inputs",
+            warnings=adapter.warnings,
         )
     ]
     if cast is not None:
