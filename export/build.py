@@ -194,6 +194,11 @@ def write_model_config(spec: ExportSpec, name: str, options: triton_config.GpuOp
     folder = repository_for(spec, name) / name
     if name in triton_config.ONNX_MODELS:
         triton_config.io_from_onnx(config, folder / "1" / "model.onnx")
+    if name == contract.DETECTOR and spec.detector:
+        from navig.export.detector import PER_PROMPT, SINGLE_PASS, VARIANT_KEY
+
+        # which graph it is, for clients (Triton's model config API) as in the ONNX metadata
+        config.parameters[VARIANT_KEY].string_value = SINGLE_PASS if spec.detector.single_pass else PER_PROMPT
     if name in contract.VLM_MODELS and spec.vlm:
         config.parameters["max_tokens"].string_value = str(spec.vlm.max_tokens)
         config.max_batch_size = spec.vlm.max_batch
@@ -230,7 +235,9 @@ def _detector(spec: ExportSpec) -> list[ArtifactReport]:
     place_model_folder(contract.DETECTOR, repo)
     out = repo / contract.DETECTOR / "1" / "model.onnx"
     d = spec.detector
-    return [export_detector(d.checkpoint, out, image_size=d.image_size, top_k=d.top_k)]
+    return [
+        export_detector(d.checkpoint, out, image_size=d.image_size, top_k=d.top_k, single_pass=d.single_pass)
+    ]
 
 
 def _clip(spec: ExportSpec) -> list[ArtifactReport]:

@@ -7,6 +7,13 @@ its own prompt's text features. The BERT text branch is not in the graph: each p
 features (and its token masks and position ids) are computed at export time by the checkpoint's
 own forward pass and stored as constants. Resize, normalisation, sigmoid, box conversion and
 top-K are in the graph, so the wire carries uint8 pixels and final detections.
+
+`single_pass` exports the other way GroundingDINO is used: the prompts joined in one caption
+("road sign. building sign. house.", as HF's processor joins candidate labels), the prompt-dependent
+part run once per image. Each query then scores every prompt (max over that phrase's tokens of
+sigmoid(logit)) and is kept once, under its best prompt. Same outputs and contract; the image
+features attend to all phrases at once, so detections differ from the per-prompt passes
+(`benchmarks.detector_single_pass` measures by how much).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +50,9 @@ PARITY_TOLERANCE = 1e-4
 QUERIES_MAY_DIFFER_PER_PROMPT = 2
 DEFAULT_IMAGE_SIZE = (480, 640)  # (height, width) fixed at export: Swin windows
 DEFAULT_TOP_K = 100
+# Which graph a detector ONNX is: its metadata key, copied into the Triton config's parameters.
+VARIANT_KEY = "variant"
+PER_PROMPT, SINGLE_PASS = "per_prompt", "single_pass"
 OUTPUTS = (
     contract.DETECTOR_BOXES,
     contract.DETECTOR_SCORES,
@@ -69,6 +79,40 @@ def caption(prompt: str) -> str:
     """The text GroundingDINO sees for one prompt: lower case, ending in '.' (as NAVIG and HF do)."""
     text = prompt.strip().lower()
     return text if text.endswith(".") else f"{text}."
+
+
+def joined_caption(prompts: Sequence[str]) -> str:
+    """All prompts in one caption: 'road sign. building sign. house.' (HF's candidate-label join)."""
+    return " ".join(caption(p) for p in prompts)
+
+
+def delimiters(model: GroundingDinoForObjectDetection) -> set[int]:
+    """The token ids GroundingDINO splits captions at ([CLS], [SEP], '.', '?')."""
+    return set(model.model.special_tokens.tolist())
+
+
+def phrase_tokens(input_ids: Sequence[int], split_at: set[int], prompts: Sequence[str]) -> Tensor:
+    """[P, L] bool: which tokens of a joined caption are each prompt's words.
+
+    A phrase owns the tokens between two delimiters: the token span GroundingDINO's positive map
+    gives a category. [CLS], [SEP] and the '.' between phrases belong to none of them.
+    """
+    spans: list[list[int]] = [[]]
+    for index, token in enumerate(input_ids):
+        if token not in split_at:
+            spans[-1].append(index)
+        elif spans[-1]:
+            spans.append([])
+    spans = [s for s in spans if s]
+    if len(spans) != len(prompts):
+        raise ExportError(
+            f"the joined caption {joined_caption(prompts)!r} splits into {len(spans)} phrases, not "
+            f"{len(prompts)}: a prompt may not contain '.' or '?' (GroundingDINO's phrase delimiters)"
+        )
+    mask = torch.zeros(len(prompts), len(input_ids), dtype=torch.bool)
+    for phrase, span in enumerate(spans):
+        mask[phrase, span] = True
+    return mask
 
 
 def preprocess(images: Tensor, image_size: tuple[int, int], mean: Tensor, std: Tensor) -> Tensor:
@@ -145,6 +189,8 @@ class PromptedDetector(nn.Module):
     constants and the batch laid out as image-major (image n, prompt p) -> row n * P + p.
     """
 
+    variant = PER_PROMPT
+
     def __init__(
         self,
         model: GroundingDinoForObjectDetection,
@@ -158,6 +204,7 @@ class PromptedDetector(nn.Module):
         self.image_size = image_size
         self.top_k = top_k
         self.num_prompts = len(texts)
+        self.passes = len(texts)  # rows of the prompt-dependent part per image
         for name, value in _stack_prompts(texts).items():
             self.register_buffer(f"text_{name}", value, persistent=False)
         self.register_buffer("mean", mean_std[0], persistent=False)
@@ -197,7 +244,7 @@ class PromptedDetector(nn.Module):
 
     def _per_row(self, per_image: Tensor) -> Tensor:
         """[N, ...] -> [N * P, ...]: each image's features once per prompt."""
-        expanded = per_image.unsqueeze(1).expand(-1, self.num_prompts, *per_image.shape[1:])
+        expanded = per_image.unsqueeze(1).expand(-1, self.passes, *per_image.shape[1:])
         return expanded.reshape(-1, *per_image.shape[1:])
 
     def _per_prompt(
@@ -205,7 +252,7 @@ class PromptedDetector(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Fusion encoder, two-stage query selection, decoder and last-layer heads per (image, prompt)."""
         dino, config = self.detector.model, self.detector.config
-        rows = sources.shape[0] // self.num_prompts
+        rows = sources.shape[0] // self.passes
         text = self.text_features.repeat(rows, 1, 1)
         padding = self.text_padding.repeat(rows, 1)
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long)
@@ -270,6 +317,41 @@ class PromptedDetector(nn.Module):
         return top_boxes, top_scores, labels, prompt_scores
 
 
+class SinglePassDetector(PromptedDetector):
+    """The prompts as phrases of one caption: the prompt-dependent part runs once per image.
+
+    Each query is kept once, under the prompt it scores best; `prompt_scores` holds its score for
+    every prompt (in the per-prompt graph a detection comes from one pass, so only its own is set).
+    """
+
+    variant = SINGLE_PASS
+
+    def __init__(
+        self,
+        model: GroundingDinoForObjectDetection,
+        text: PromptText,
+        phrases: Tensor,
+        image_size: tuple[int, int],
+        top_k: int,
+        mean_std: tuple[Tensor, Tensor],
+    ):
+        super().__init__(model, [text], image_size, top_k, mean_std)
+        self.num_prompts = phrases.shape[0]
+        self.register_buffer("phrases", phrases, persistent=False)
+
+    def _top_k(self, logits: Tensor, boxes: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A query's score for a prompt = max over that phrase's tokens of sigmoid(logit) (sigmoid
+        is monotonic: taken after the max); its score = the best prompt's; best K queries."""
+        outside = ~self.phrases.view(1, 1, self.num_prompts, -1)
+        per_prompt = logits.unsqueeze(2).masked_fill(outside, float("-inf")).max(-1)[0].sigmoid()
+        scores, labels = per_prompt.max(-1)
+        top_scores, index = torch.topk(scores, self.top_k, dim=1)
+        top_boxes = torch.gather(corners(boxes), 1, index.unsqueeze(-1).expand(-1, -1, 4))
+        top_labels = torch.gather(labels, 1, index)
+        prompt_scores = torch.gather(per_prompt, 1, index.unsqueeze(-1).expand(-1, -1, self.num_prompts))
+        return top_boxes, top_scores, top_labels, prompt_scores
+
+
 def _token_logits(queries: Tensor, text: Tensor, padding: Tensor) -> Tensor:
     """`GroundingDinoContrastiveEmbedding` minus its -inf padding to max_text_len (256 columns).
 
@@ -300,6 +382,29 @@ def reference_single_prompt(
     return corners(outputs.pred_boxes)[0].numpy(), scores.numpy()
 
 
+@torch.no_grad()
+def reference_single_caption(
+    model: GroundingDinoForObjectDetection,
+    processor: Any,
+    image: np.ndarray,
+    prompts: Sequence[str],
+    image_size: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One HF forward for the joined caption on one uint8 RGB [H, W, 3] image (as the graph does).
+
+    Returns every query's x0y0x1y1 box [Q, 4] (fractions) and its score per prompt [Q, P]: max
+    over that phrase's tokens of sigmoid(logit), HF's post-processing score kept to the phrase.
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    pixels = preprocess(torch.from_numpy(image)[None], image_size, *_mean_std(image_processor))
+    tokens = getattr(processor, "tokenizer", processor)(joined_caption(prompts), return_tensors="pt")
+    phrases = phrase_tokens(tokens["input_ids"][0].tolist(), delimiters(model), prompts)
+    outputs = model(pixel_values=pixels, **tokens)
+    probs = outputs.logits.sigmoid()[0, :, : phrases.shape[1]]  # the rest is padding to max_text_len
+    per_prompt = torch.stack([probs[:, phrase].max(-1)[0] for phrase in phrases], -1)
+    return corners(outputs.pred_boxes)[0].numpy(), per_prompt.numpy()
+
+
 def reference_detections(
     model: GroundingDinoForObjectDetection,
     processor: Any,
@@ -307,15 +412,34 @@ def reference_detections(
     image_size: tuple[int, int],
     top_k: int,
     prompts: Sequence[str] = contract.DETECTOR_PROMPTS,
+    single_pass: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The contract's outputs the NAVIG way: one HF pass per image and prompt, best K of all of them."""
-    merged = [
-        _merge_passes(
-            [reference_single_prompt(model, processor, image, p, image_size) for p in prompts], top_k
-        )
-        for image in images
-    ]
+    """The contract's outputs from the checkpoint's own forward: the NAVIG way (one HF pass per image
+    and prompt, best K of all of them), or (`single_pass`) one pass per image on the joined caption."""
+    if single_pass:
+        merged = [
+            _best_queries(*reference_single_caption(model, processor, image, prompts, image_size), top_k)
+            for image in images
+        ]
+    else:
+        merged = [
+            _merge_passes(
+                [reference_single_prompt(model, processor, image, p, image_size) for p in prompts], top_k
+            )
+            for image in images
+        ]
     return {name: np.stack([m[name] for m in merged]) for name in OUTPUTS}
+
+
+def _best_queries(boxes: np.ndarray, per_prompt: np.ndarray, top_k: int) -> dict[str, np.ndarray]:
+    scores = per_prompt.max(-1)
+    best = np.argsort(-scores, kind="stable")[:top_k]
+    return {
+        contract.DETECTOR_BOXES: boxes[best],
+        contract.DETECTOR_SCORES: scores[best],
+        contract.DETECTOR_LABELS: per_prompt[best].argmax(-1),
+        contract.DETECTOR_PROMPT_SCORES: per_prompt[best],
+    }
 
 
 def _merge_passes(passes: list[tuple[np.ndarray, np.ndarray]], top_k: int) -> dict[str, np.ndarray]:
@@ -345,16 +469,31 @@ def build_detector(
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     top_k: int = DEFAULT_TOP_K,
     prompts: Sequence[str] = contract.DETECTOR_PROMPTS,
+    single_pass: bool = False,
 ) -> PromptedDetector:
-    """The PyTorch module that is exported, in eval mode."""
+    """The PyTorch module that is exported, in eval mode.
+    `single_pass`: the prompts as phrases of one caption (`SinglePassDetector`)."""
     model, processor = load_grounding_dino(checkpoint)
-    candidates = model.config.num_queries * len(prompts)
+    candidates = model.config.num_queries * (1 if single_pass else len(prompts))
     if not 1 <= top_k <= candidates:
-        raise ExportError(f"top_k must be in 1..{candidates} (queries x prompts), got {top_k}")
+        per = "queries: one detection per query in a single pass" if single_pass else "queries x prompts"
+        raise ExportError(f"top_k must be in 1..{candidates} ({per}), got {top_k}")
     if min(image_size) < 96:
         raise ExportError(f"image_size {image_size} is too small: the coarsest feature level needs 96 px")
-    texts = [encode_prompt(model, processor.tokenizer, p) for p in prompts]
-    return PromptedDetector(model, texts, image_size, top_k, _mean_std(processor.image_processor)).eval()
+    mean_std = _mean_std(processor.image_processor)
+    if not single_pass:
+        texts = [encode_prompt(model, processor.tokenizer, p) for p in prompts]
+        return PromptedDetector(model, texts, image_size, top_k, mean_std).eval()
+    joined = joined_caption(prompts)
+    input_ids = processor.tokenizer(joined)["input_ids"]
+    if len(input_ids) > model.config.max_text_len:
+        raise ExportError(
+            f"the joined caption is {len(input_ids)} tokens, more than the checkpoint's max_text_len "
+            f"{model.config.max_text_len}: use fewer or shorter prompts, or the per-prompt graph"
+        )
+    phrases = phrase_tokens(input_ids, delimiters(model), prompts)
+    text = encode_prompt(model, processor.tokenizer, joined)
+    return SinglePassDetector(model, text, phrases, image_size, top_k, mean_std).eval()
 
 
 def export_detector(
@@ -364,16 +503,28 @@ def export_detector(
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     top_k: int = DEFAULT_TOP_K,
     prompts: Sequence[str] = contract.DETECTOR_PROMPTS,
+    single_pass: bool = False,
 ) -> ArtifactReport:
-    """Writes the detector ONNX at `out` and checks it against the PyTorch module it came from."""
+    """Writes the detector ONNX at `out` and checks it against the PyTorch module it came from.
+    `single_pass` (`SinglePassDetector`) is checked against the checkpoint's own forward on the
+    joined caption instead: the module departs from HF's code there (scores per phrase)."""
     started = time.perf_counter()
-    detector = build_detector(checkpoint, image_size=image_size, top_k=top_k, prompts=prompts)
+    detector = build_detector(
+        checkpoint, image_size=image_size, top_k=top_k, prompts=prompts, single_pass=single_pass
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    _export_onnx(detector, out, {"prompts": json.dumps(list(prompts)), "image_size": json.dumps(image_size)})
+    metadata = {"prompts": json.dumps(list(prompts)), "image_size": json.dumps(image_size)}
+    _export_onnx(detector, out, {**metadata, VARIANT_KEY: detector.variant})
+    reference = None
+    if single_pass:
+        processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)
+        reference = lambda images: reference_detections(  # noqa: E731
+            detector.detector, processor, images, image_size, top_k, prompts, single_pass=True
+        )
     try:
         onnx.checker.check_model(str(out))
-        diff, differing = parity(detector, out, np.random.default_rng(0))
-        allowed = QUERIES_MAY_DIFFER_PER_PROMPT * len(prompts)
+        diff, differing = parity(detector, out, np.random.default_rng(0), reference)
+        allowed = QUERIES_MAY_DIFFER_PER_PROMPT * detector.passes
         if differing > allowed:
             raise ExportError(
                 f"detector: {differing} detections of one image differ between ONNX and PyTorch by more "
@@ -382,6 +533,7 @@ def export_detector(
     except Exception:
         out.unlink(missing_ok=True)
         raise
+    against = "HF's forward on the joined caption (single pass)" if single_pass else "PyTorch"
     return ArtifactReport.of_file(
         contract.DETECTOR,
         out,
@@ -389,7 +541,7 @@ def export_detector(
         PARITY_TOLERANCE,
         started,
         (
-            f"ORT vs PyTorch detections on {parity_shapes(image_size)} (batch, H, W); max diff over "
+            f"ORT vs {against} detections on {parity_shapes(image_size)} (batch, H, W); max diff over "
             f"the reproduced ones; misses: the most of one image's {top_k} without a counterpart "
             f"within tolerance (near-tied proposals swapping ranks)"
         ),
@@ -457,15 +609,24 @@ def parity_shapes(image_size: tuple[int, int]) -> tuple[tuple[int, int, int], ..
     return (2, height, width), (2, 2 * height, 2 * width)
 
 
-def parity(detector: PromptedDetector, onnx_file: Path, rng: np.random.Generator) -> tuple[float, int]:
-    """`compare_detections` of ORT vs PyTorch on random images, worst case over the batches."""
+def parity(
+    detector: PromptedDetector,
+    onnx_file: Path,
+    rng: np.random.Generator,
+    reference: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+) -> tuple[float, int]:
+    """`compare_detections` of ORT vs `reference` (default: the PyTorch module) on random images,
+    worst case over the batches."""
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     worst, differing = 0.0, 0
     for shape in parity_shapes(detector.image_size):
         images = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
         got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), {contract.DETECTOR_IMAGES: images})))
-        with torch.no_grad():
-            want = dict(zip(OUTPUTS, (t.numpy() for t in detector(torch.from_numpy(images)))))
+        if reference is not None:
+            want = reference(images)
+        else:
+            with torch.no_grad():
+                want = dict(zip(OUTPUTS, (t.numpy() for t in detector(torch.from_numpy(images)))))
         diff, count = compare_detections(got, want)
         worst, differing = max(worst, diff), max(differing, count)
     return worst, differing

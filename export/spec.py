@@ -42,6 +42,10 @@ class DetectorSpec(_Section):
     checkpoint: Path  # GroundingDINO Hugging Face folder
     image_size: tuple[int, int] = (480, 640)  # (height, width) fixed at export: Swin windows
     top_k: int = Field(100, ge=1)
+    # All prompts as phrases of one caption, the prompt-dependent part run once per image instead of
+    # once per prompt. Faster; detections differ from NAVIG's per-prompt passes
+    # (`benchmarks/detector_single_pass.py` measures the agreement). Off unless that agreement is high.
+    single_pass: bool = False
 
 
 class ClipSpec(_Section):

@@ -15,7 +15,9 @@ from transformers import CLIPConfig
 from navig.export.detector import (
     OUTPUTS,
     PARITY_TOLERANCE,
+    PER_PROMPT,
     QUERIES_MAY_DIFFER_PER_PROMPT,
+    VARIANT_KEY,
     compare_detections,
     export_detector,
     load_grounding_dino,
@@ -63,6 +65,7 @@ def test_graph_takes_uint8_with_dynamic_batch_and_carries_the_prompts(exported):
     assert [o.name for o in session.get_outputs()] == list(OUTPUTS)
     metadata = session.get_modelmeta().custom_metadata_map
     assert json.loads(metadata["prompts"]) == list(contract.DETECTOR_PROMPTS)
+    assert metadata[VARIANT_KEY] == PER_PROMPT  # not single_pass (tests/test_detector_single_pass.py)
 
 
 def test_text_encoder_is_folded_into_constants(exported, checkpoint):
@@ -123,5 +126,6 @@ def test_pickled_weights_are_refused(checkpoint, tmp_path):
     folder = tmp_path / "pickled"
     shutil.copytree(checkpoint, folder)
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match=r"no \*\.safetensors weights \(found pytorch_model\.bin"):
+    refused = r"no \*\.safetensors weights, only pickled weights \(pytorch_model\.bin\)"
+    with pytest.raises(CheckpointError, match=refused):
         export_detector(folder, tmp_path / "model.onnx")
