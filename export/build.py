@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from navig.export import containers, gpu_deployment, gpu_recipes, triton_config
+from navig.export import adapter_export, containers, gpu_deployment, gpu_recipes, triton_config
 from navig.export.errors import CheckpointError, ExportError
 from navig.export.fingerprint import export_fingerprint, export_inputs, fingerprint, navig_version
 from navig.export.ocr import OcrSources
@@ -88,6 +88,8 @@ def check_inputs(spec: ExportSpec) -> None:
         read_config(spec.vlm.base, QWEN2_VL_TYPES)
         if spec.vlm.reasoner_adapter:
             check_adapter(spec.vlm.reasoner_adapter)
+        if adapter_export.adapter_mode(spec):
+            adapter_export.check_servable(spec.vlm.reasoner_adapter)
         served_dtype(spec)
 
 
@@ -108,7 +110,9 @@ def plan(spec: ExportSpec) -> list[Step]:
         )
     if spec.vlm:
         steps.append(Step("vlm: base checkpoint", (contract.VLM,), lambda: _vlm_base(spec)))
-        if spec.vlm.reasoner_adapter:
+        if adapter_export.adapter_mode(spec):
+            steps.append(Step("reasoner: LoRA adapter on vlm + check", (), lambda: _reasoner_adapter(spec)))
+        elif spec.vlm.reasoner_adapter:
             steps.append(Step("reasoner: merge LoRA + check", (contract.REASONER,), lambda: _reasoner(spec)))
     return steps
 
@@ -199,6 +203,8 @@ def write_model_config(spec: ExportSpec, name: str, options: triton_config.GpuOp
 
         # which graph it is, for clients (Triton's model config API) as in the ONNX metadata
         config.parameters[VARIANT_KEY].string_value = SINGLE_PASS if spec.detector.single_pass else PER_PROMPT
+    if name == contract.VLM:
+        adapter_export.set_adapters(config, spec)
     if name in contract.VLM_MODELS and spec.vlm:
         config.parameters["max_tokens"].string_value = str(spec.vlm.max_tokens)
         config.max_batch_size = spec.vlm.max_batch
@@ -269,3 +275,11 @@ def _reasoner(spec: ExportSpec) -> list[ArtifactReport]:
     return export_merged_reasoner(
         vlm.base, vlm.reasoner_adapter, repo, vlm.merge_tolerance, served_dtype(spec)
     )
+
+
+def _reasoner_adapter(spec: ExportSpec) -> list[ArtifactReport]:
+    assert spec.vlm and spec.vlm.reasoner_adapter
+    repo = repository_for(spec, contract.VLM)
+    adapter_export.remove_merged(repository_for(spec, contract.REASONER))
+    vlm = spec.vlm
+    return [adapter_export.export_adapter(vlm.base, vlm.reasoner_adapter, repo, vlm.merge_tolerance)]

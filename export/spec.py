@@ -24,7 +24,11 @@ class _Section(BaseModel):
 
 class VlmSpec(_Section):
     base: Path  # Qwen2-VL Hugging Face folder: served as `vlm` (GUESSER, describer)
-    reasoner_adapter: Path | None = None  # peft LoRA folder: merged into `reasoner`
+    reasoner_adapter: Path | None = None  # peft LoRA folder: the REASONER
+    # How the REASONER is served: `merged` into its own `reasoner` model (a second copy of the weights,
+    # its own process), or as an `adapter` on `vlm` (one copy; its rows share the base's batches;
+    # export/adapter_export.py).
+    reasoner: Literal["merged", "adapter"] = "merged"
     merge_tolerance: float = 1e-3  # max |logit| difference, merged vs PEFT
     stream: bool = False  # cpu: decoupled models, one response per new piece of text (gpu: always)
     max_tokens: int = Field(128, ge=1, le=contract.MAX_NEW_TOKENS)

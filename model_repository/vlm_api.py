@@ -19,6 +19,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+# In a model's version folder, beside the weights: one peft LoRA folder per name in the `adapters` parameter.
+ADAPTERS_DIR = "adapters"
+
 # Asks whether the request a row belongs to was cancelled (the caller gave up, or its deadline passed).
 IsCancelled = Callable[[], bool]
 
@@ -40,10 +43,16 @@ class VlmEngine(Protocol):
 
     `image` is an RGB uint8 array [H, W, 3] or None for a text-only prompt. Results carry the
     generated token ids (the EOS included when the row stopped at it) and their decoded text.
+    `adapter` names a LoRA adapter the engine serves on its base (None: the base itself).
     """
 
     def generate(
-        self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
+        self,
+        prompt: str,
+        image: np.ndarray | None,
+        max_new_tokens: int,
+        json_schema: str | None = None,
+        adapter: str | None = None,
     ) -> Generation:
         """One prompt, generated to its EOS or `max_new_tokens`."""
         ...
@@ -55,9 +64,11 @@ class VlmEngine(Protocol):
         max_tokens: list[int],
         json_schemas: list[str | None],
         cancelled: Sequence[IsCancelled] | None = None,
+        adapters: Sequence[str | None] | None = None,
     ) -> list[Generation]:
         """The rows of one Triton batch (columns of equal length); each row's result equals `generate`
-        of that row alone. A row whose `cancelled()` turns true stops early and says `cancelled`."""
+        of that row alone. A row whose `cancelled()` turns true stops early and says `cancelled`.
+        Rows of different adapters (and the base) share the batch."""
         ...
 
     def stream(
@@ -67,6 +78,7 @@ class VlmEngine(Protocol):
         max_new_tokens: int,
         json_schema: str | None = None,
         cancelled: IsCancelled = never_cancelled,
+        adapter: str | None = None,
     ) -> Iterator[Generation]:
         """The new tokens and the text they complete, piece by piece; when `cancelled()` turns true
         the generation stops and the last piece says `cancelled`."""
@@ -77,10 +89,20 @@ class VlmEngine(Protocol):
         row joins a batch, so that only this row fails (INVALID_ARGUMENT)."""
         ...
 
+    def check_adapter(self, adapter: str) -> None:
+        """Raises ValueError (see `unknown_adapter`) for an adapter the engine does not serve."""
+        ...
+
 
 def unusable_schema(reason: object) -> ValueError:
     """The error `check_schema` raises, worded the same by every engine."""
     return ValueError(f"json_schema is not a usable JSON schema: {reason}")
+
+
+def unknown_adapter(adapter: str, served: Sequence[str]) -> ValueError:
+    """The error `check_adapter` raises, worded the same by every engine."""
+    serves = f"adapters: {', '.join(sorted(served))}" if served else "no adapters (the base only)"
+    return ValueError(f"unknown adapter {adapter!r}: this model serves {serves}")
 
 
 class ChatTokenizer(Protocol):

@@ -1,4 +1,5 @@
-"""Qwen2-VL generation with transformers on merged weights (the cpu profile's VLM engine).
+"""Qwen2-VL generation with transformers (the cpu profile's VLM engine): merged weights, or the base
+with LoRA adapters beside it that each row picks (peft mixed-adapter batches, `with_adapters`).
 
 `TransformersVlm` implements `vlm_api.VlmEngine` for `vlm_model.py`'s batched Triton model (the gpu
 profile serves TensorRT-LLM from its own model, `vlm_trtllm.py`, with the same chat prompt). Model
@@ -11,10 +12,13 @@ does.
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from queue import Queue
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +32,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 from transformers.generation.streamers import BaseStreamer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from navig.model_repository.vlm_api import (
@@ -35,8 +40,11 @@ from navig.model_repository.vlm_api import (
     IsCancelled,
     chat_prompt,
     never_cancelled,
+    unknown_adapter,
     unusable_schema,
 )
+
+BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 
 
 class VlmInputs:
@@ -83,29 +91,68 @@ class VlmInputs:
         return batch
 
 
+def with_adapters(model: Qwen2VLForConditionalGeneration, adapters: Mapping[str, Path]) -> torch.nn.Module:
+    """`model` with each peft LoRA folder loaded under its name, or `model` itself when there are none.
+
+    The adapters stay unmerged beside the one copy of the base weights; every `generate` names each
+    row's adapter (`adapter_names`, peft's mixed-adapter batch: the base matmul for the whole batch,
+    then each adapter's low-rank update on its own rows), so base and adapter rows share a batch.
+    """
+    if not adapters:
+        return model
+    from peft import PeftModel
+
+    (first, path), *others = adapters.items()
+    peft_model = PeftModel.from_pretrained(model, path, adapter_name=first, is_trainable=False)
+    for name, folder in others:
+        peft_model.load_adapter(folder, adapter_name=name, is_trainable=False)
+    return peft_model.eval()
+
+
 class TransformersVlm:
-    def __init__(self, weights: Path, threads: int = 0, max_padding: int = 512) -> None:
+    def __init__(
+        self,
+        weights: Path,
+        threads: int = 0,
+        max_padding: int = 512,
+        adapters: Mapping[str, Path] | None = None,
+        vision_cache: int = 0,
+    ) -> None:
         self.max_padding = max_padding
         if threads > 0:
             torch.set_num_threads(threads)
-        self.model = Qwen2VLForConditionalGeneration.from_pretrained(
+        base = Qwen2VLForConditionalGeneration.from_pretrained(
             weights, use_safetensors=True, local_files_only=True, dtype=torch.float32
         ).eval()
-        config = self.model.config
+        self.adapters = tuple(adapters or ())
+        self.model = with_adapters(base, adapters or {})
+        # The vision tower's output per image, reused by later rows showing the same image (the REASONER
+        # and the GUESSER see the same photo); only while no adapter changes the vision tower.
+        self.vision_cache = (
+            VisionCache(base.model, vision_cache)
+            if vision_cache > 0 and not adapted_vision(self.model)
+            else None
+        )
+        config = base.config
         self.inputs = VlmInputs(weights, config.vision_config.spatial_merge_size, config.image_token_id)
         vocabulary = xgrammar.TokenizerInfo.from_huggingface(
             self.inputs.tokenizer, vocab_size=config.text_config.vocab_size
         )
         self._grammars = xgrammar.GrammarCompiler(vocabulary)
-        eos = self.model.generation_config.eos_token_id
+        eos = base.generation_config.eos_token_id
         self._eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        pad = self.model.generation_config.pad_token_id
+        pad = base.generation_config.pad_token_id
         self._pad_token_id = int(
             pad if pad is not None else self.inputs.tokenizer.pad_token_id or min(self._eos_token_ids)
         )
 
     def generate(
-        self, prompt: str, image: np.ndarray | None, max_new_tokens: int, json_schema: str | None = None
+        self,
+        prompt: str,
+        image: np.ndarray | None,
+        max_new_tokens: int,
+        json_schema: str | None = None,
+        adapter: str | None = None,
     ) -> Generation:
         """Greedy decoding: the answers are deterministic and comparable across engines."""
         inputs = self.inputs(prompt, image)
@@ -115,6 +162,7 @@ class TransformersVlm:
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 logits_processor=self._constraint(json_schema),
+                **self._adapter_names([adapter]),
             )
         token_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
         return Generation(token_ids, self.inputs.decode(token_ids))
@@ -126,6 +174,7 @@ class TransformersVlm:
         max_tokens: list[int],
         json_schemas: list[str | None],
         cancelled: Sequence[IsCancelled] | None = None,
+        adapters: Sequence[str | None] | None = None,
     ) -> list[Generation]:
         """Several requests batched: on CPU a decode step for 8 rows costs little more than for 1.
 
@@ -134,8 +183,10 @@ class TransformersVlm:
         row stops at its own EOS or budget and gets its own JSON-schema constraint, or none. Row
         results equal `generate` of that row alone. A row whose `cancelled()` turns true stops at
         the next decode step (and is not started if it already is): its result says `cancelled`.
+        Rows name their adapter (None: the base); rows of every adapter share the length groups.
         """
         cancelled = cancelled or [never_cancelled] * len(prompts)
+        adapters = adapters or [None] * len(prompts)
         grammars = [self._compiled(s) if s is not None else None for s in json_schemas]
         rows = [self.inputs(prompt, image) for prompt, image in zip(prompts, images, strict=True)]
         results: dict[int, Generation] = {}
@@ -150,6 +201,7 @@ class TransformersVlm:
                 [max_tokens[i] for i in live],
                 [grammars[i] for i in live],
                 [cancelled[i] for i in live],
+                [adapters[i] for i in live],
             )
             results.update(zip(live, generations, strict=True))
         return [results[i] for i in range(len(rows))]
@@ -160,6 +212,7 @@ class TransformersVlm:
         max_tokens: list[int],
         grammars: list[xgrammar.CompiledGrammar | None],
         cancelled: Sequence[IsCancelled],
+        adapters: Sequence[str | None],
     ) -> list[Generation]:
         """One left-padded greedy `generate` over `rows`."""
         batch = self.inputs.collate(rows, self._pad_token_id)
@@ -173,6 +226,7 @@ class TransformersVlm:
                 pad_token_id=self._pad_token_id,
                 logits_processor=LogitsProcessorList([RowGrammars(grammars)]) if any(grammars) else None,
                 stopping_criteria=StoppingCriteriaList([RowBudgets(prompt_length, max_tokens), cancellation]),
+                **self._adapter_names(adapters),
             )
         results = []
         generated = output[:, prompt_length:].tolist()
@@ -186,6 +240,21 @@ class TransformersVlm:
     def check_schema(self, json_schema: str) -> None:
         """Raises ValueError for a schema xgrammar cannot compile, before it joins a batch."""
         self._compiled(json_schema)
+
+    def check_adapter(self, adapter: str) -> None:
+        """Raises ValueError for an adapter this engine does not serve, before the row joins a batch."""
+        if adapter not in self.adapters:
+            raise unknown_adapter(adapter, self.adapters)
+
+    def _adapter_names(self, adapters: Sequence[str | None]) -> dict[str, list[str]]:
+        """`generate`'s peft argument: each row's adapter (BASE_ROW for the base). Always given when
+        adapters are loaded: without it peft would run every row with its active adapter."""
+        for adapter in adapters:
+            if adapter is not None:
+                self.check_adapter(adapter)
+        if not self.adapters:
+            return {}
+        return {"adapter_names": [adapter or BASE_ROW for adapter in adapters]}
 
     def _until_eos(self, token_ids: list[int]) -> list[int]:
         """A finished row's tokens up to and including its first EOS (padding follows it)."""
@@ -201,13 +270,14 @@ class TransformersVlm:
         max_new_tokens: int,
         json_schema: str | None = None,
         cancelled: IsCancelled = never_cancelled,
+        adapter: str | None = None,
     ) -> Iterator[Generation]:
         """Yields each new token with the text it completes (multi-byte characters held back).
 
         When `cancelled()` turns true, generation stops at the next decode step and the last piece
         says `cancelled`.
         """
-        inputs = self.inputs(prompt, image)
+        inputs = {**self.inputs(prompt, image), **self._adapter_names([adapter])}
         streamer = _TokenQueue()
         cancellation = RowCancellation([cancelled])
         worker = threading.Thread(
@@ -250,7 +320,7 @@ class TransformersVlm:
 
     def _generate_into(
         self,
-        inputs: dict[str, torch.Tensor],
+        inputs: dict[str, Any],
         max_new_tokens: int,
         constraint: LogitsProcessorList,
         streamer: _TokenQueue,
@@ -268,6 +338,62 @@ class TransformersVlm:
                 )
         except Exception as exc:
             streamer.fail(exc)
+
+
+def adapted_vision(model: torch.nn.Module) -> bool:
+    """Some loaded LoRA adapter changes a module of the vision tower (`visual`)."""
+    return any(
+        ".visual." in f".{name}." and hasattr(module, "lora_A") for name, module in model.named_modules()
+    )
+
+
+class VisionCache:
+    """One vision pass per image: the vision tower's output per image, LRU, keyed by the image's pixels.
+
+    Installed over the Qwen2-VL model's `get_image_features` (the one call its forward makes for
+    images). A batch's images are split by their patch grids; images seen before (or twice in the
+    batch) are served from the cache, the others go through the vision tower together, as before.
+    The key is a hash of the image's preprocessed patches and grid, so equal photos share an entry
+    whatever row or adapter shows them: the output does not depend on the row's adapter as long as
+    no adapter changes the vision tower (`adapted_vision`; the engine installs no cache then).
+    """
+
+    def __init__(self, model: torch.nn.Module, entries: int) -> None:
+        self._compute = model.get_image_features
+        self._entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.capacity = entries
+        self.hits = 0
+        self.misses = 0
+        model.get_image_features = self  # the instance attribute shadows the method
+
+    def __call__(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, **kwargs: Any
+    ) -> BaseModelOutputWithPooling:
+        grids = image_grid_thw.tolist()
+        chunks = torch.split(pixel_values, [t * h * w for t, h, w in grids])
+        keys = [_image_key(chunk, grid) for chunk, grid in zip(chunks, grids, strict=True)]
+        # each image not cached yet, once (an image twice in the batch is computed once)
+        missing = [i for i, key in enumerate(keys) if key not in self._entries and keys.index(key) == i]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        computed = {}
+        if missing:
+            out = self._compute(torch.cat([chunks[i] for i in missing]), image_grid_thw[missing], **kwargs)
+            computed = {keys[i]: features for i, features in zip(missing, out.pooler_output, strict=True)}
+        features = [computed.get(key, self._entries.get(key)) for key in keys]
+        for key, value in computed.items():
+            self._entries[key] = value
+        for key in keys:
+            self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return BaseModelOutputWithPooling(pooler_output=tuple(features))
+
+
+def _image_key(patches: torch.Tensor, grid: list[int]) -> bytes:
+    digest = hashlib.blake2b(patches.contiguous().numpy().tobytes(), digest_size=16)
+    digest.update(bytes(str(grid), "ascii"))
+    return digest.digest()
 
 
 class RowBudgets(StoppingCriteria):

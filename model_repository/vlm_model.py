@@ -13,6 +13,11 @@ decoupled model (stream API for every caller) plus threads and our own queue. Ea
 batch is one row of `engine.generate_batch`; a bad row gets its own INVALID_ARGUMENT and the others
 still run. Streaming (decoupled) models serve the requests of a batch one after another.
 
+Adapters: with the `adapters` parameter (export `vlm.reasoner: adapter`) the model loads the base once
+plus each named peft LoRA folder under `<version>/adapters/<name>`, and the optional `adapter` input
+picks each row's ("" = the base): the REASONER's rows and the GUESSER's and describer's share a batch
+and every read of the base weights. An adapter the model does not serve is that row's INVALID_ARGUMENT.
+
 Cancellation: when a caller cancels or its deadline passes, Triton marks the request cancelled;
 the engine asks `is_cancelled()` between decode steps, stops that row and it gets CANCELLED, so
 the cores go to answers somebody still waits for (`benchmarks/cancellation.py` measures it).
@@ -28,13 +33,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from navig.model_repository import backend, contract
-from navig.model_repository.vlm_api import Generation, VlmEngine
+from navig.model_repository.vlm_api import ADAPTERS_DIR, Generation, VlmEngine, unknown_adapter
 
 
 class TritonPythonModel:
@@ -57,7 +63,10 @@ class TritonPythonModel:
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         weights = backend.version_dir(args) / params.get("weights", "weights")
         threads, max_padding = int(params.get("threads", "0")), int(params.get("max_padding", "512"))
-        self.engine: VlmEngine = TransformersVlm(weights, threads=threads, max_padding=max_padding)
+        adapters = adapter_folders(backend.version_dir(args), params)
+        self.engine: VlmEngine = TransformersVlm(
+            weights, threads=threads, max_padding=max_padding, adapters=adapters
+        )
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
         if self.decoupled:
@@ -90,6 +99,7 @@ class TritonPythonModel:
                 [r.max_tokens for r in rows],
                 [r.json_schema for r in rows],
                 cancelled,
+                [r.adapter for r in rows],
             )
         except Exception as exc:
             return [backend.error_response(f"generation failed: {exc}")] * len(rows)
@@ -113,12 +123,15 @@ class TritonPythonModel:
             self._finish(request, backend.error_response(f"generation failed: {exc}"))
 
     def _read(self, request: Any) -> Row:
-        return read_row(request, self.default_max_tokens, self.engine.check_schema)
+        return read_row(request, self.default_max_tokens, self.engine.check_schema, self.engine.check_adapter)
 
     def _stream(self, request: Any, row: Row) -> None:
         sender = request.get_response_sender()
         cancelled = sender.is_cancelled
-        for piece in self.engine.stream(row.prompt, row.image, row.max_tokens, row.json_schema, cancelled):
+        pieces = self.engine.stream(
+            row.prompt, row.image, row.max_tokens, row.json_schema, cancelled, adapter=row.adapter
+        )
+        for piece in pieces:
             if piece.cancelled:
                 sender.send(self._cancelled(piece), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 return
@@ -138,9 +151,29 @@ class Row:
     image: np.ndarray | None
     max_tokens: int
     json_schema: str | None
+    adapter: str | None = None  # the LoRA adapter to run with; None: the base
 
 
-def read_row(request: Any, default_max_tokens: int, check_schema: Callable[[str], None]) -> Row:
+def adapter_folders(version_dir: Path, params: dict[str, str]) -> dict[str, Path]:
+    """The `adapters` parameter (comma-separated names) as name -> folder; each folder must exist."""
+    names = [name.strip() for name in params.get("adapters", "").split(",") if name.strip()]
+    folders = {name: version_dir / ADAPTERS_DIR / name for name in names}
+    for name, folder in folders.items():
+        if not (folder / "adapter_config.json").is_file():
+            raise ValueError(f"parameter adapters names {name!r} but {folder} holds no peft adapter")
+    return folders
+
+
+def _refuse_adapters(adapter: str) -> None:
+    raise unknown_adapter(adapter, ())
+
+
+def read_row(
+    request: Any,
+    default_max_tokens: int,
+    check_schema: Callable[[str], None],
+    check_adapter: Callable[[str], None] = _refuse_adapters,
+) -> Row:
     """One request's inputs, each with Triton's batch dimension of 1; ValueError if unusable (both
     profiles' models read rows through this: the same checks, the same messages)."""
     prompts = pb_utils.get_input_tensor_by_name(request, contract.VLM_PROMPT).as_numpy().reshape(-1)
@@ -170,7 +203,13 @@ def read_row(request: Any, default_max_tokens: int, check_schema: Callable[[str]
     )
     if json_schema is not None:
         check_schema(json_schema)
-    return Row(prompt, image, max_tokens, json_schema)
+    adapter_tensor = pb_utils.get_input_tensor_by_name(request, contract.VLM_ADAPTER)
+    adapter = (
+        (_text(adapter_tensor.as_numpy().reshape(-1)[0]) or None) if adapter_tensor is not None else None
+    )
+    if adapter is not None:
+        check_adapter(adapter)
+    return Row(prompt, image, max_tokens, json_schema, adapter)
 
 
 def _text(value: Any) -> str:

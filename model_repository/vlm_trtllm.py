@@ -43,6 +43,16 @@ Config parameters (string values):
   max_tokens                   default budget when a request sends none (default "128")
   streaming                    "true" / "false" (default "false")
   cancellation_check_period_ms how often to ask about cancelled requests (default "100")
+  adapters                     LoRA adapters served on the base (export `vlm.reasoner: adapter`), as on cpu:
+                               comma-separated names, each a peft folder in <version>/adapters/<name>.
+                               TensorRT-LLM's runtime LoRA: `LLM(lora_config=LoraConfig(lora_dir=[...],
+                               max_lora_rank, max_loras, max_cpu_loras, lora_target_modules))` (the
+                               PyTorch backend ignores `enable_lora` when `lora_config` is given), and a
+                               row whose `adapter` input names one is submitted with
+                               `lora_request=LoRARequest(name, id, folder)`; rows of every adapter and
+                               the base batch in flight together. Not run on a GPU: whether 1.2.1's HF
+                               LoRA loader maps Qwen2-VL's transformers-5 module names
+                               (`model.language_model.layers.N...`) is unverified.
 
 It imports nothing of the cpu engine (torch, xgrammar, transformers' Qwen2-VL processor) at module
 level, and not tensorrt_llm either: TensorRT-LLM's containers pin their own versions, and
@@ -70,8 +80,8 @@ import triton_python_backend_utils as pb_utils
 from PIL import Image
 
 from navig.model_repository import backend, contract
-from navig.model_repository.vlm_api import ChatTokenizer, chat_prompt, unusable_schema
-from navig.model_repository.vlm_model import Row, read_row
+from navig.model_repository.vlm_api import ChatTokenizer, chat_prompt, unknown_adapter, unusable_schema
+from navig.model_repository.vlm_model import Row, adapter_folders, read_row
 
 DTYPES = ("auto", "bfloat16", "float16")  # Qwen2-VL's vision tower runs flash-attention: no float32
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -111,6 +121,55 @@ def llm_kwargs(params: dict[str, str], weights: Path, llmapi: Any) -> dict[str, 
         except ValueError as exc:  # pydantic: unknown key, fraction outside [0, 1], ...
             raise ValueError(f"llm_args kv_cache_config is not a KvCacheConfig: {exc}") from exc
     return kwargs
+
+
+# peft (Hugging Face) module names -> TensorRT-LLM's LoRA module names (`lora_helper`'s default mapping)
+HF_TO_TRTLLM_MODULES = {
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_dense",
+    "gate_proj": "mlp_h_to_4h",
+    "down_proj": "mlp_4h_to_h",
+    "up_proj": "mlp_gate",
+}
+
+
+def adapter_modules(folder: Path) -> tuple[list[str], int]:
+    """(TensorRT-LLM module names, rank) of a peft LoRA folder: the modules from the weights' safetensors
+    header (read with the standard library: an 8-byte length, then JSON), the rank from adapter_config."""
+    with (folder / "adapter_model.safetensors").open("rb") as weights:
+        size = int.from_bytes(weights.read(8), "little")
+        names = [key for key in json.loads(weights.read(size)) if key != "__metadata__"]
+    modules = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in names if ".lora_" in key}
+    unknown = sorted(modules - set(HF_TO_TRTLLM_MODULES))
+    if unknown:
+        raise ValueError(f"adapter {folder.name}: TensorRT-LLM's LoRA has no module for {', '.join(unknown)}")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    rank = max([int(config.get("r", 8)), *map(int, (config.get("rank_pattern") or {}).values())])
+    return sorted(HF_TO_TRTLLM_MODULES[m] for m in modules), rank
+
+
+def lora_setup(adapters: dict[str, Path], llmapi: Any) -> tuple[Any, dict[str, Any]]:
+    """`LLM(lora_config=...)` for the adapters, and the `LoRARequest` each adapter's rows are sent with."""
+    lora_helper = importlib.import_module("tensorrt_llm.lora_helper")
+    modules: set[str] = set()
+    rank = 1
+    for folder in adapters.values():
+        names, r = adapter_modules(folder)
+        modules.update(names)
+        rank = max(rank, r)
+    config = lora_helper.LoraConfig(
+        lora_dir=[str(folder) for folder in adapters.values()],
+        max_lora_rank=rank,
+        lora_target_modules=sorted(modules),
+        max_loras=len(adapters),
+        max_cpu_loras=len(adapters),
+    )
+    requests = {
+        name: llmapi.LoRARequest(name, k, str(folder)) for k, (name, folder) in enumerate(adapters.items(), 1)
+    }
+    return config, requests
 
 
 def check_schema(json_schema: str) -> None:
@@ -185,6 +244,11 @@ class TritonPythonModel:
         self._llmapi = import_llmapi()
         weights = backend.version_dir(args) / params.get("weights", "weights")
         kwargs = llm_kwargs(params, weights, self._llmapi)
+        self._loras: dict[str, Any] = {}
+        if adapters := adapter_folders(backend.version_dir(args), params):
+            if "lora_config" in kwargs:
+                raise ValueError("parameter llm_args must not set `lora_config`: parameter adapters does")
+            kwargs["lora_config"], self._loras = lora_setup(adapters, self._llmapi)
 
         self._jobs: set[_Job] = set()
         self._jobs_lock = threading.Lock()
@@ -237,9 +301,10 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                row = read_row(request, self.default_max_tokens, check_schema)
+                row = read_row(request, self.default_max_tokens, check_schema, self._check_adapter)
                 inputs = llm_inputs(self._tokenizer, row.prompt, row.image)
                 params = sampling_params(self._llmapi, row)
+                lora = self._loras.get(row.adapter) if row.adapter else None
             except Exception as exc:  # ValueError: unusable input; anything else: our fault
                 bad = isinstance(exc, ValueError)
                 message = str(exc) if bad else f"generation failed: {exc}"
@@ -249,15 +314,19 @@ class TritonPythonModel:
             job = _Job(request, sender)
             with self._jobs_lock:
                 self._jobs.add(job)
-            asyncio.run_coroutine_threadsafe(self._generate(job, inputs, params), self._loop)
+            asyncio.run_coroutine_threadsafe(self._generate(job, inputs, params, lora), self._loop)
         return None
 
-    async def _generate(self, job: _Job, inputs: dict[str, Any], params: Any) -> None:
+    def _check_adapter(self, adapter: str) -> None:
+        if adapter not in self._loras:
+            raise unknown_adapter(adapter, list(self._loras))
+
+    async def _generate(self, job: _Job, inputs: dict[str, Any], params: Any, lora: Any) -> None:
         job.task = asyncio.current_task()
         rejected = False
         try:
             if not job.closed:  # not cancelled (or unloading) before it got here
-                await self._run(job, inputs, params)
+                await self._run(job, inputs, params, lora)
         except self._llmapi.RequestError as exc:  # this request failed in the executor, the others run on
             rejected = True
             error = backend.error_response(f"rejected by TensorRT-LLM: {exc}", invalid_argument=True)
@@ -275,10 +344,12 @@ class TritonPythonModel:
                     f"{self.name}: request cancelled, generation stopped after {job.tokens} tokens"
                 )
 
-    async def _run(self, job: _Job, inputs: dict[str, Any], params: Any) -> None:
+    async def _run(self, job: _Job, inputs: dict[str, Any], params: Any, lora: Any) -> None:
         try:
-            # `streaming` by keyword: the third positional parameter is `lora_request`
-            job.output = self._llm.generate_async(inputs, sampling_params=params, streaming=self.streaming)
+            # by keyword: the third positional parameter is `lora_request`, and the order changed after 1.2
+            job.output = self._llm.generate_async(
+                inputs, sampling_params=params, lora_request=lora, streaming=self.streaming
+            )
         except ValueError as exc:  # checked on submission: prompt (with image tokens) over max_num_tokens...
             await self._send(job, backend.error_response(str(exc), invalid_argument=True), True)
             return

@@ -14,12 +14,15 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.grpc import InferInput
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from navig.model_repository import contract
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable
 from navig.orchestrator.metrics import Metrics
+
+ADAPTERS = "adapters"  # the VLM config parameter naming the LoRA adapters a model serves
 
 
 class TritonModels:
@@ -34,26 +37,32 @@ class TritonModels:
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         self._client = triton.InferenceServerClient(url, channel_args=options)
-        self._configs: dict[str, bool] = {}
+        self._configs: dict[str, mc.ModelConfig] = {}  # asked once per model, forgotten when Triton is down
 
     async def close(self) -> None:
         await self._client.close()
 
     async def ready(self, models: Sequence[str]) -> bool:
-        """Triton is live and every model in `models` is loaded; never raises."""
+        """Triton is live and every model in `models` is loaded (the REASONER: where `served` finds it);
+        never raises."""
         try:
-            return all([await self._client.is_model_ready(m, client_timeout=2.0) for m in models])
-        except (InferenceServerException, grpc.RpcError, OSError):
-            return False
+            served = dict.fromkeys([(await self.served(m, Deadline.after(2.0)))[0] for m in models])
+            ready = all([await self._client.is_model_ready(m, client_timeout=2.0) for m in served])
+        except (InferenceServerException, grpc.RpcError, OSError, PipelineError):
+            ready = False
+        if not ready:
+            self._configs.clear()  # a Triton that comes back may serve another repository
+        return ready
 
     async def versions(self, models: Sequence[str]) -> dict[str, str]:
         """The loaded version of each model (what answered, for the response)."""
         versions = {}
         for model in models:
             try:
-                metadata = await self._client.get_model_metadata(model, client_timeout=2.0)
+                served, _ = await self.served(model, Deadline.after(2.0))
+                metadata = await self._client.get_model_metadata(served, client_timeout=2.0)
                 versions[model] = max(metadata.versions, key=int) if metadata.versions else ""
-            except (InferenceServerException, grpc.RpcError):
+            except (InferenceServerException, grpc.RpcError, PipelineError):
                 versions[model] = ""
         return versions
 
@@ -81,9 +90,13 @@ class TritonModels:
         max_tokens: int | None = None,
         json_schema: str | None = None,
     ) -> AsyncIterator[str]:
-        """A VLM answer as pieces of text: many for a decoupled model, one otherwise."""
-        inputs = vlm_inputs(prompt, image, max_tokens, json_schema)
-        decoupled = await self._decoupled(model, deadline)
+        """A VLM answer as pieces of text: many for a decoupled model, one otherwise. The REASONER runs
+        where `served` finds it: its own model, or its adapter on `vlm`."""
+        model, adapter = await self.served(model, deadline)
+        config = await self._config(model, deadline)
+        takes_adapter = bool(served_adapters(config))
+        inputs = vlm_inputs(prompt, image, max_tokens, json_schema, adapter if takes_adapter else None)
+        decoupled = config.model_transaction_policy.decoupled
         if not decoupled:
             outputs = await self.infer(model, inputs, deadline)
             yield outputs[contract.VLM_TEXT].reshape(-1)[0].decode("utf-8")
@@ -113,8 +126,23 @@ class TritonModels:
             responses.cancel()
             self._metrics.triton_latency.labels(model).observe(time.perf_counter() - started)
 
-    async def _decoupled(self, model: str, deadline: Deadline) -> bool:
-        """From the model's config, asked once per model: decoupled models answer through the stream API."""
+    async def served(self, model: str, deadline: Deadline) -> tuple[str, str]:
+        """(Triton model, adapter) that answers for `model`: the REASONER is the `reasoner` adapter on
+        `vlm` when `vlm`'s config serves it (export `vlm.reasoner: adapter`: then there is no `reasoner`
+        model), else the `reasoner` model; every other model is itself with the base ("")."""
+        if model != contract.REASONER:
+            return model, ""
+        try:
+            vlm = await self._config(contract.VLM, deadline)
+        except PipelineError:  # no `vlm` here (e.g. routed elsewhere): the merged model, if any
+            return model, ""
+        if contract.REASONER_ADAPTER in served_adapters(vlm):
+            return contract.VLM, contract.REASONER_ADAPTER
+        return model, ""
+
+    async def _config(self, model: str, deadline: Deadline) -> mc.ModelConfig:
+        """The model's config, asked once: decoupled models answer through the stream API, and a model
+        that serves adapters gets the `adapter` input on every call (so its rows batch together)."""
         if model not in self._configs:
             try:
                 config = await self._client.get_model_config(
@@ -122,7 +150,7 @@ class TritonModels:
                 )
             except InferenceServerException as exc:
                 raise self._failure(model, exc) from None
-            self._configs[model] = config.config.model_transaction_policy.decoupled
+            self._configs[model] = config.config
         return self._configs[model]
 
     def _failure(self, model: str, exc: InferenceServerException) -> PipelineError:
@@ -135,8 +163,18 @@ class TritonModels:
         return PipelineError(f"Triton model '{model}' failed: {exc.message()}")
 
 
+def served_adapters(config: mc.ModelConfig) -> list[str]:
+    """The LoRA adapters a VLM's config says it serves (its `adapters` parameter)."""
+    names = config.parameters[ADAPTERS].string_value if ADAPTERS in config.parameters else ""
+    return [name.strip() for name in names.split(",") if name.strip()]
+
+
 def vlm_inputs(
-    prompt: str, image: np.ndarray | None, max_tokens: int | None, json_schema: str | None
+    prompt: str,
+    image: np.ndarray | None,
+    max_tokens: int | None,
+    json_schema: str | None,
+    adapter: str | None = None,
 ) -> dict[str, np.ndarray]:
     """One generation's tensors, each [1, ...]: a batched model's batch dimension of one request, or the
     leading 1 the gpu profile's unbatched (in-flight batching) model states in its config."""
@@ -148,6 +186,8 @@ def vlm_inputs(
     # always sent ("" = unconstrained): Triton batches only requests with the same set of inputs,
     # so the describer's calls and the GUESSER's can share a batch
     inputs[contract.VLM_JSON_SCHEMA] = np.array([[(json_schema or "").encode()]], np.object_)
+    if adapter is not None:  # sent on every call to a model that serves adapters ("": the base), likewise
+        inputs[contract.VLM_ADAPTER] = np.array([[adapter.encode()]], np.object_)
     return inputs
 
 

@@ -136,7 +136,7 @@ def protocol_methods() -> list[str]:
 
 
 def test_the_protocol_names_what_the_triton_model_calls():
-    assert protocol_methods() == ["check_schema", "generate", "generate_batch", "stream"]
+    assert protocol_methods() == ["check_adapter", "check_schema", "generate", "generate_batch", "stream"]
 
 
 # the gpu profile does not implement this protocol: its model (vlm_trtllm) submits one

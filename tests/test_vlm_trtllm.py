@@ -103,6 +103,7 @@ def request(
     image: np.ndarray | None = None,
     max_tokens: int | None = None,
     json_schema: str | None = None,
+    adapter: str | None = None,
 ) -> Any:
     """One request as Triton hands it over (batch dimension 1 in front: the config has max_batch_size)."""
     tensors = [pb.Tensor("prompt", np.array([[prompt.encode()]], dtype=np.object_))]
@@ -112,6 +113,8 @@ def request(
         tensors.append(pb.Tensor("max_tokens", np.array([[max_tokens]], dtype=np.int32)))
     if json_schema is not None:
         tensors.append(pb.Tensor("json_schema", np.array([[json_schema.encode()]], dtype=np.object_)))
+    if adapter is not None:
+        tensors.append(pb.Tensor("adapter", np.array([[adapter.encode()]], dtype=np.object_)))
     return pb.InferenceRequest(model_name="vlm", inputs=tensors)
 
 
@@ -387,6 +390,83 @@ def test_the_shared_vlm_model_hands_an_engine_tensorrt_llm_config_to_this_model(
     assert len(ids_of(fakes.pb, sent(r)[0].response)) == 12
     model.finalize()
     assert gpu._llm.fake_log[-1] == ("shutdown", None)
+
+
+# --- one base, LoRA adapters (export `vlm.reasoner: adapter`) ------------------------------------------
+
+
+def peft_adapter(folder: Path, modules: tuple[str, ...] = ("q_proj", "down_proj"), r: int = 8) -> Path:
+    """A peft LoRA folder as `vlm.reasoner: adapter` exports it into <version>/adapters/<name>."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": 32}))
+    prefix = "base_model.model.model.language_model.layers.0"
+    weights = {f"{prefix}.{m}.lora_{ab}.weight": np.zeros((r, 4), np.float32) for m in modules for ab in "AB"}
+    save_file(weights, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+def test_adapters_are_tensorrt_llm_runtime_lora_and_each_row_names_its_own(start, fakes, tmp_path):
+    folder = peft_adapter(tmp_path / "vlm" / "1" / "adapters" / "reasoner")
+    model = start({"adapters": "reasoner"})
+    config = model._llm.args.lora_config
+    assert isinstance(config, importlib.import_module("tensorrt_llm.lora_helper").LoraConfig)
+    assert config.lora_dir == [str(folder)] and config.max_lora_rank == 8
+    assert config.lora_target_modules == ["attn_q", "mlp_4h_to_h"]
+    assert config.max_loras == config.max_cpu_loras == 1
+    rows = [
+        request(fakes.pb, "Where?", adapter="reasoner"),
+        request(fakes.pb, "Where?", adapter=""),  # "" = the base (the orchestrator sends it)
+        request(fakes.pb, "Where?"),
+    ]
+    model.execute(rows)
+    answered(*rows)
+    lora, base, plain = model._llm.fake_requests
+    assert lora.lora_request == fakes.trtllm.llmapi.LoRARequest("reasoner", 1, str(folder))
+    assert base.lora_request is None and plain.lora_request is None
+    texts = [text_of(fakes.pb, sent(r)[0].response) for r in rows]
+    assert texts[0] != texts[1] == texts[2]  # the adapter changes the answer, the base rows agree
+
+
+def test_an_unknown_adapter_fails_its_row_with_invalid_argument(start, fakes, tmp_path):
+    peft_adapter(tmp_path / "vlm" / "1" / "adapters" / "reasoner")
+    model = start({"adapters": "reasoner"})
+    bad, good = request(fakes.pb, adapter="tourist"), request(fakes.pb, adapter="reasoner")
+    model.execute([bad, good])
+    answered(bad, good)
+    code, message = error_of(bad)
+    assert code == fakes.pb.TritonError.INVALID_ARG and "unknown adapter 'tourist'" in message
+    assert not sent(good)[-1].response.has_error()
+
+
+def test_a_model_without_adapters_refuses_an_adapter_row(start, fakes):
+    model = start()
+    r = request(fakes.pb, adapter="reasoner")
+    model.execute([r])
+    answered(r)
+    code, message = error_of(r)
+    assert code == fakes.pb.TritonError.INVALID_ARG and "serves no adapters" in message
+    assert not model._llm.fake_requests
+
+
+@pytest.mark.parametrize(
+    ("adapters", "llm_args", "message"),
+    [
+        ("reasoner", {"lora_config": {}}, "must not set `lora_config`"),
+        ("missing", {}, "holds no peft adapter"),
+    ],
+)
+def test_adapter_configs_that_cannot_work_fail_initialize(start, tmp_path, adapters, llm_args, message):
+    peft_adapter(tmp_path / "vlm" / "1" / "adapters" / "reasoner")
+    with pytest.raises(ValueError, match=message):
+        start({"adapters": adapters, "llm_args": json.dumps(llm_args)})
+
+
+def test_an_adapter_on_modules_tensorrt_llm_cannot_serve_fails_initialize(start, tmp_path):
+    peft_adapter(tmp_path / "vlm" / "1" / "adapters" / "reasoner", modules=("qkv",))
+    with pytest.raises(ValueError, match="no module for qkv"):
+        start({"adapters": "reasoner"})
 
 
 # --- the fake holds the API rules it stands for ------------------------------------------------------

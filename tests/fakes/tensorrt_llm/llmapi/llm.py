@@ -15,7 +15,9 @@ Stricter than the real one, so that mistakes show in tests (each says "fake" in 
 - the Qwen2-VL prompt shape is checked: the prompt must hold one
   `<|vision_start|><|image_pad|><|vision_end|>` per image, and images come as
   `multi_modal_data={"image": [PIL RGB images]}`;
-- `lora_request`/`prompt_adapter_request` are refused (a positional `streaming` lands there);
+- `lora_config` must be a `LoraConfig` whose `lora_dir` folders exist, and a `lora_request` must be
+  a `LoRARequest` naming one of them, on an LLM built with `lora_config` (a positional `streaming`
+  lands in `lora_request`); `prompt_adapter_request` is refused;
 - a guided request without `guided_decoding_backend` fails that request.
 
 Per-request failures (a schema "xgrammar" cannot compile: not JSON, or a `type` JSON Schema does not
@@ -37,8 +39,10 @@ from typing import Any
 
 from PIL import Image
 
+from tensorrt_llm.executor.request import LoRARequest
 from tensorrt_llm.executor.result import FakeResponse, GenerationResult
 from tensorrt_llm.llmapi.llm_args import TORCH_LLM_ARGS, TRT_ONLY_ARGS, KvCacheConfig
+from tensorrt_llm.lora_helper import LoraConfig
 from tensorrt_llm.sampling_params import SamplingParams
 
 STEP_S = 0.01  # one decode step of the fake executor (every running request gets one token)
@@ -48,10 +52,10 @@ JSON_SCHEMA_TYPES = ("object", "array", "string", "number", "integer", "boolean"
 EOS, PAD = 256, 257  # past the byte-level vocabulary
 
 
-def fake_answer(prompt: str, guided: bool) -> str:
+def fake_answer(prompt: str, guided: bool, lora: str = "") -> str:
     """What the fake "generates" for a prompt (before `max_tokens` cuts it): one token per byte; JSON
-    when guided."""
-    digest = hashlib.sha256(prompt.encode()).hexdigest()
+    when guided; another answer under each LoRA adapter (`lora`: its name)."""
+    digest = hashlib.sha256((prompt + (f"\0{lora}" if lora else "")).encode()).hexdigest()
     return json.dumps({"answer": digest[:12]}) if guided else f"answer {digest * 4}"
 
 
@@ -110,6 +114,7 @@ class FakeRequest:
     inputs: dict[str, Any]
     sampling_params: SamplingParams
     streaming: bool
+    lora_request: LoRARequest | None = None
 
 
 @dataclass
@@ -234,6 +239,13 @@ class LLM:
             raise ValueError(f"kv_cache_config must be a KvCacheConfig, got {type(kv_cache_config)}")
         if kwargs.get("guided_decoding_backend") not in (None, "xgrammar", "llguidance"):
             raise ValueError(f"Invalid guided_decoding_backend: {kwargs['guided_decoding_backend']}")
+        lora_config = kwargs.get("lora_config")
+        if lora_config is not None:
+            if not isinstance(lora_config, LoraConfig):
+                raise ValueError(f"fake tensorrt_llm: lora_config is a LoraConfig, got {type(lora_config)}")
+            missing = [d for d in lora_config.lora_dir if not Path(d).is_dir()]
+            if missing:
+                raise ValueError(f"fake tensorrt_llm: lora_dir {missing} does not exist")
         if dtype not in DTYPES:
             raise ValueError(f"fake tensorrt_llm: dtype must be one of {DTYPES}, got {dtype!r}")
         if not Path(model).is_dir():
@@ -299,10 +311,17 @@ class LLM:
     ) -> RequestOutput:
         if self._executor is None or self._executor.is_shutdown():
             raise RuntimeError("LLM is shutting down")
-        if lora_request is not None or prompt_adapter_request is not None:
+        if prompt_adapter_request is not None or not isinstance(lora_request, LoRARequest | None):
             raise ValueError(
-                "fake tensorrt_llm: no LoRA / prompt adapter is served here (a `streaming` passed "
-                "positionally lands in `lora_request`: pass it by keyword)"
+                "fake tensorrt_llm: lora_request must be a LoRARequest and no prompt adapter is served here "
+                "(a `streaming` passed positionally lands in `lora_request`: pass it by keyword)"
+            )
+        lora_config = getattr(self.args, "lora_config", None)
+        served = lora_config.lora_dir if lora_config is not None else []
+        if lora_request is not None and lora_request.lora_path not in served:
+            raise ValueError(
+                f"fake tensorrt_llm: LoRA {lora_request.lora_name!r} ({lora_request.lora_path}) is not "
+                "in the LLM's lora_config.lora_dir"
             )
         sampling_params = self._prepare_sampling_params(sampling_params)
         inputs = _prompt_inputs(inputs)
@@ -317,10 +336,13 @@ class LLM:
             tokenizer=self._tokenizer,
         )
         guided = sampling_params.guided_decoding
-        answer = fake_answer(inputs["prompt"], guided is not None and (guided.json or guided.grammar))
+        lora = lora_request.lora_name if lora_request is not None else ""
+        constrained = guided is not None and bool(guided.json or guided.grammar)
+        answer = fake_answer(inputs["prompt"], constrained, lora)
         tokens = self._tokenizer.encode(answer)[: sampling_params.max_tokens]
         finish_reason = "length" if len(tokens) == sampling_params.max_tokens else "stop"
-        self.fake_requests.append(FakeRequest(result.request_id, inputs, sampling_params, streaming))
+        submitted = FakeRequest(result.request_id, inputs, sampling_params, streaming, lora_request)
+        self.fake_requests.append(submitted)
         self.fake_log.append(("submit", result.request_id))
         error = self._request_error(sampling_params)
         self._executor.submit(_Running(result, tokens, finish_reason, error))
