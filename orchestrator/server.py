@@ -23,6 +23,7 @@ from navig.orchestrator.api import geolocator_pb2_grpc as pb_grpc
 from navig.orchestrator.health import TritonHealth
 from navig.orchestrator.metrics import Metrics
 from navig.orchestrator.pipeline import Pipeline
+from navig.orchestrator.pools import TritonPools
 from navig.orchestrator.searcher.registry import create_tools
 from navig.orchestrator.searcher.search import Searcher
 from navig.orchestrator.searcher.tool import SearchTool
@@ -36,7 +37,6 @@ from navig.orchestrator.security import (
 from navig.orchestrator.service import GeolocatorService
 from navig.orchestrator.settings import Settings
 from navig.orchestrator.tools.countries import capitals
-from navig.orchestrator.triton_routes import TritonRoutes
 
 log = logging.getLogger("navig.server")
 
@@ -61,10 +61,12 @@ class Orchestrator:
             self.tools if self.tools is not None else await asyncio.to_thread(create_tools, s)
         )
         await asyncio.to_thread(capitals)  # the evidence guesser's fallback coordinates, read once
-        self.triton = TritonRoutes(s.triton_url, s.triton_routes, self.metrics, s.max_message_bytes)
+        self.triton = TritonPools.from_settings(s, self.metrics)
         searcher = Searcher(s, self.triton, self.metrics, tools)
         pipeline = Pipeline(s, self.triton, searcher, self.metrics)
-        self.health = TritonHealth(self.triton, pipeline.required_models(), s.health_poll_s)
+        self.health = TritonHealth(
+            self.triton, pipeline.required_models(), s.health_poll_s, self.metrics.registry
+        )
         admission = Admission(s.max_concurrency, s.max_queue, self.metrics)
         self._server = grpc.aio.server(
             options=[

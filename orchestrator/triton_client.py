@@ -3,10 +3,15 @@
 Tensors in and out are numpy; failures become the pipeline's errors (UNAVAILABLE when Triton is
 gone, DEADLINE_EXCEEDED when the request's time is up, INTERNAL naming the model otherwise).
 Decoupled (streaming) models are called through the stream API; others with unary infer.
+
+One client is one gRPC channel to a target that may name several Triton replicas (`ipv4:a:p,b:p`,
+`dns:///svc:8001`): gRPC's round_robin spreads the calls over them, and its retry policy sends a call that
+met UNAVAILABLE (a replica killed or gone) to another, within the call's own deadline.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
@@ -19,23 +24,71 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from navig.model_repository import contract
 from navig.orchestrator.deadline import Deadline
-from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable
+from navig.orchestrator.errors import DeadlineExceeded, ModelMissing, PipelineError, Unavailable
 from navig.orchestrator.metrics import Metrics
+
+# Retries: a call that met UNAVAILABLE (its replica died, refused the connection, or had not loaded
+# the model) is sent again, to the next replica under round_robin. gRPC caps maxAttempts at 5; the
+# backoffs (jittered, 0.05 s doubling to 1 s: ~1.5 s over the 4 retries) let a single-replica pool
+# ride out a connection reset. The call's deadline bounds every attempt together: no retry outlives it.
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {"name": [{"service": "inference.GRPCInferenceService"}], "retryPolicy": RETRY_POLICY}
+        ],
+    }
+)
+
+
+def channel_options(max_message_bytes: int, keepalive_s: float = 0) -> list[tuple[str, int | str]]:
+    """The channel to one pool: round_robin over every address its target resolves to, retries on
+    UNAVAILABLE, fast reconnects, and keepalive pings when asked for."""
+    options: list[tuple[str, int | str]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # a restarted Triton is found within 2 s, not after gRPC's default backoff of up to 120 s
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", SERVICE_CONFIG),
+        ("grpc.service_config_disable_resolution", 1),  # ours, not one a DNS TXT record may carry
+        # a call is retried only while gRPC still holds its whole request (default 256 KiB): photos
+        # for the detector are larger
+        ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
+        # a dns:/// target is resolved again when a connection closes (a replica gone, or Triton's
+        # --grpc-max-connection-age), at most this often (gRPC's default: 30 s): new replicas join sooner
+        ("grpc.dns_min_time_between_resolutions_ms", 5000),
+    ]
+    if keepalive_s > 0:
+        # pings while calls are in flight find a replica whose node vanished without a TCP reset;
+        # Triton must accept them (--grpc-http2-min-recv-ping-interval-without-data <= this period)
+        options += [
+            ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+    return options
+
 
 ADAPTERS = "adapters"  # the VLM config parameter naming the LoRA adapters a model serves
 
 
 class TritonModels:
-    def __init__(self, url: str, metrics: Metrics, max_message_bytes: int) -> None:
+    def __init__(self, url: str, metrics: Metrics, max_message_bytes: int, keepalive_s: float = 0) -> None:
+        """`url`: a gRPC target, `host:port` or one naming several replicas (`ipv4:a:p,b:p`, `dns:///`)."""
         self.url = url
         self._metrics = metrics
-        options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            # a restarted Triton is found within 2 s, not after gRPC's default backoff of up to 120 s
-            ("grpc.initial_reconnect_backoff_ms", 500),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ]
+        options = channel_options(max_message_bytes, keepalive_s)
         self._client = triton.InferenceServerClient(url, channel_args=options)
         self._configs: dict[str, mc.ModelConfig] = {}  # asked once per model, forgotten when Triton is down
 
@@ -160,6 +213,11 @@ class TritonModels:
             return DeadlineExceeded(f"deadline exceeded while waiting for Triton model '{model}'")
         if "UNAVAILABLE" in status:
             return Unavailable(f"Triton at {self.url} is unavailable ({exc.message()})")
+        if "NOT_FOUND" in status:
+            return ModelMissing(
+                f"Triton at {self.url} has no model '{model}'; export a model repository that has it "
+                "(`navig export build`)"
+            )
         return PipelineError(f"Triton model '{model}' failed: {exc.message()}")
 
 
