@@ -63,8 +63,9 @@ LABELS = ("road sign", "building sign")
 # strategy name -> the ocr tool's settings
 STRATEGIES = {
     "every_crop": {"strategy": "every_crop"},
-    "photo_first (1280)": {"strategy": "photo_first", "photo_side": 1280},
-    "photo_first (2000)": {"strategy": "photo_first", "photo_side": 2000},
+    "photo_first": {"strategy": "photo_first"},  # the defaults: photo at 1280, small crops read alone
+    "photo_first, no small rule": {"strategy": "photo_first", "small_crop_side": 0},
+    "photo_first at 2000": {"strategy": "photo_first", "photo_side": 2000},
 }
 BASELINE = "every_crop"
 

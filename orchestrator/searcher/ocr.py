@@ -33,6 +33,9 @@ class ReadSignsConfig(ToolConfig):
     # max_side_len of 2000 px; 1280 is the detector's view, already made, so nothing is resized again
     photo_side: int = Field(contract.DETECTOR_MAX_SIDE, ge=64, le=2000)
     min_inside: float = Field(text_boxes.MIN_INSIDE, gt=0.0, le=1.0)  # share of a line's box in a crop
+    # a sign crop whose short side is below this in the photo as sent is too small there for its text to
+    # be found whole: it is read on its own at full resolution, at once, beside the photo (0: never)
+    small_crop_side: int = Field(64, ge=0)
 
 
 class ReadSigns(SearchTool):
@@ -71,26 +74,42 @@ class ReadSigns(SearchTool):
                 search.record(Evidence(self.name, where, line, contract.OCR, score))
 
     async def _read_photo_first(self, search: Search) -> list[tuple[str, str, float]]:
-        """(where, line, score): the photo's lines, named for the sign crop holding most of each, then
-        the lines of the sign crops in which the photo pass found none (text too small in the photo,
-        or missed), each read on its own at full resolution."""
-        side = self.config.photo_side
-        if side == contract.DETECTOR_MAX_SIDE:
-            photo = search.view
-        else:
-            photo = await asyncio.to_thread(downscale, search.image, side, 1)
-        read = await self._read(search, photo)
+        """(where, line, score): the photo's lines, named for the sign crop holding most of each; then the
+        lines of the sign crops read on their own at full resolution: those small in the photo (read
+        beside it, their lines from the photo kept too, as `every_crop` keeps them) and those in which
+        the photo pass found no line (text it missed)."""
+        config = self.config
+        photo_side = min(config.photo_side, max(search.image.shape[:2]))
+        height, width = search.image.shape[:2]
+        scale = photo_side / max(height, width)  # the photo's size as sent, before it is made
         crops = [c for c in search.crops if c.label in SIGNS]
-        height, width = search.image.shape[:2]  # boxes come in the sent photo's pixels, crops in the image's
-        scale = np.array([width / photo.shape[1], height / photo.shape[0]], np.float32)
+        small = [
+            k
+            for k, c in enumerate(crops)
+            if min(c.box[2] - c.box[0], c.box[3] - c.box[1]) * scale < config.small_crop_side
+        ]
+        alone = [asyncio.ensure_future(self._read(search, crops[k].pixels)) for k in small]
+        try:
+            if config.photo_side == contract.DETECTOR_MAX_SIDE:
+                photo = search.view
+            else:
+                photo = await asyncio.to_thread(downscale, search.image, config.photo_side, 1)
+            read = await self._read(search, photo)
+        except BaseException:
+            for task in alone:
+                task.cancel()
+            raise
+        # boxes come in the sent photo's pixels, crops in the full image's
+        frame = np.array([width / photo.shape[1], height / photo.shape[0]], np.float32)
         # an answer without boxes (a `Models` that has none) gives no crop its lines: every crop is read
-        boxes = read.get(contract.OCR_BOXES, np.zeros((0, 4, 2), np.float32)) * scale
-        owners = text_boxes.assign(boxes, [c.box for c in crops], self.config.min_inside)
+        boxes = read.get(contract.OCR_BOXES, np.zeros((0, 4, 2), np.float32)) * frame
+        owners = text_boxes.assign(boxes, [c.box for c in crops], config.min_inside)
         owners += [None] * (len(read[contract.OCR_TEXTS]) - len(owners))
         lines = [(PHOTO if o is None else crops[o].where, *line) for o, line in zip(owners, _lines(read))]
-        unread = [c for k, c in enumerate(crops) if k not in owners]
-        reads = await asyncio.gather(*(self._read(search, c.pixels) for c in unread))
-        return lines + [(crop.where, *line) for crop, r in zip(unread, reads) for line in _lines(r)]
+        unread = [k for k in range(len(crops)) if k not in owners and k not in small]
+        alone += [asyncio.ensure_future(self._read(search, crops[k].pixels)) for k in unread]
+        reads = await asyncio.gather(*alone)
+        return lines + [(crops[k].where, *line) for k, r in zip(small + unread, reads) for line in _lines(r)]
 
     @staticmethod
     async def _read(search: Search, pixels: np.ndarray) -> dict[str, np.ndarray]:
