@@ -20,6 +20,7 @@ from navig.export import adapter_export, containers, gpu_deployment, gpu_recipes
 from navig.export.errors import CheckpointError, ExportError
 from navig.export.fingerprint import export_fingerprint, export_inputs, fingerprint, navig_version
 from navig.export.ocr import OcrSources
+from navig.export.quantize import quantized
 from navig.export.report import ArtifactReport, folder_size, write_report
 from navig.export.repository import REPORT_FILE, place_model_folder, write_ocr_models
 from navig.export.spec import ExportSpec
@@ -129,7 +130,7 @@ def build(spec: ExportSpec, progress: Progress) -> BuildResult:
     models: list[str] = []
     for step in steps:
         progress.update(overall, description=step.description)
-        reports.extend(step.work())
+        reports.extend(quantized(spec, step.work()))  # spec `precision: int8`, behind its parity gate
         models.extend(step.models)
         progress.advance(overall)
     progress.update(overall, description=f"configs ({spec.profile} profile)")

@@ -20,6 +20,8 @@ class ArtifactReport:
     figure: str = ""  # the measured result when it is not a difference, e.g. "identical bytes (sha256)"
     misses: int | None = None  # outputs left out of max_abs_diff: no counterpart within tolerance
     misses_allowed: int | None = None  # the most misses the check accepts (argued beside its constant)
+    precision: str = "fp32"  # int8: quantized after the check above, behind `gate` (export/quantize.py)
+    gate: dict[str, float | int] | None = None  # int8 vs fp32 figures and the one required
     warnings: list[str] = field(default_factory=list)  # what the user should check (e.g. adapter vs base)
 
     @classmethod
@@ -47,6 +49,9 @@ class ArtifactReport:
         text = f"{self.max_abs_diff:.1e} ({self.tolerance:.0e})"
         if self.misses is not None:
             text += f", {self.misses} missed (<= {self.misses_allowed})"
+        if self.gate:
+            metric, value = next(iter(self.gate.items()))
+            text += f"; int8 {metric} {value:.4f} (>= {self.gate['required']})"
         return text
 
 

@@ -50,10 +50,14 @@ class DetectorSpec(_Section):
     # once per prompt. Faster; detections differ from NAVIG's per-prompt passes
     # (`benchmarks/detector_single_pass.py` measures the agreement). Off unless that agreement is high.
     single_pass: bool = False
+    # int8: the `detector` decoder quantized behind a parity gate, or the export refuses (export/quantize.py).
+    precision: Literal["fp32", "int8"] = "fp32"
 
 
 class ClipSpec(_Section):
     checkpoint: Path  # CLIP Hugging Face folder: `clip_image` and `clip_text`
+    # int8: `clip_image` quantized behind a parity gate, or the export refuses (export/quantize.py).
+    precision: Literal["fp32", "int8"] = "fp32"
 
 
 class OcrSpec(_Section):
@@ -108,6 +112,16 @@ class ExportSpec(_Section):
     def _something_to_do(self) -> ExportSpec:
         if not any((self.ocr, self.detector, self.clip, self.vlm)):
             raise ValueError("the spec exports nothing: give at least one of ocr, detector, clip, vlm")
+        int8 = [
+            name
+            for name, part in (("detector", self.detector), ("clip", self.clip))
+            if part and part.precision == "int8"
+        ]
+        if int8 and self.profile == "gpu":
+            raise ValueError(
+                f"{', '.join(int8)}: precision int8 is for the cpu profile (ONNX Runtime); TensorRT's int8 "
+                "needs a calibration cache or a Q/DQ graph: use fp32 and gpu.precision FP16"
+            )
         return self
 
     def resolved(self, base: Path) -> ExportSpec:
