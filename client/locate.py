@@ -100,9 +100,12 @@ def build_options(
     no_reasoning: bool,
     no_evidence: bool,
     pipeline: str | None = None,
+    no_cache: bool = False,
 ) -> pb.LocateOptions:
     """Only what the user switched: every unset field keeps the server's setting."""
     fields: dict[str, Any] = dict.fromkeys(disabled, False)
+    if no_cache:
+        fields["no_cache"] = True
     if pipeline is not None:
         fields["pipeline"] = pb.PipelineMode.Value(pipeline.upper())  # ValueError: no such mode
     if skip:
@@ -159,6 +162,9 @@ def locate(
             help="fast (the product) or reference (NAVIG's calls); server setting when not given.",
         ),
     ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Run the pipeline even if the server has the answer cached.")
+    ] = False,
     no_reasoner: Annotated[bool, typer.Option("--no-reasoner", help="Skip the REASONER.")] = False,
     no_vlm_guesser: Annotated[bool, typer.Option("--no-vlm-guesser", help="Evidence guesser only.")] = False,
     skip: Annotated[
@@ -199,7 +205,7 @@ def locate(
     switches = {"use_reasoner": no_reasoner, "use_vlm_guesser": no_vlm_guesser}
     disabled = {k for k, off in switches.items() if off}
     chosen = pipeline.value if pipeline is not None else None
-    options = build_options(max_new_tokens, disabled, skip or [], no_reasoning, no_evidence, chosen)
+    options = build_options(max_new_tokens, disabled, skip or [], no_reasoning, no_evidence, chosen, no_cache)
     view = {"reasoning": not no_reasoning, "evidence": not no_evidence}
     worst = Exit.OK
     try:
@@ -317,6 +323,7 @@ def result_panel(path: Path, result: LocateResult, reasoning: bool = True, evide
     parts.append(
         f"answered by [bold]{result.answered_by}[/bold]"
         + (f" ({result.pipeline} pipeline)" if result.pipeline else "")
+        + (" [cyan]from the result cache[/cyan]" if result.cached else "")
         + (f": {escape(reasons)}" if reasons else "")
     )
     parts.extend(

@@ -34,6 +34,7 @@ class LocateResult:
     guesser_output: str
     total_ms: float  # server-side, from acceptance to answer
     pipeline: str = ""  # "fast" or "reference"; "" from a server older than pipeline modes
+    cached: bool = False  # answered from the server's result cache (an earlier run's answer)
     extra: dict[str, Any] = field(default_factory=dict)  # client-side measurements (latency, ttfe)
 
     @classmethod
@@ -51,6 +52,7 @@ class LocateResult:
             guesser_output=response.guesser_output,
             total_ms=response.total_ms,
             pipeline=wire.pipeline_name(response.pipeline),
+            cached=response.cached,
         )
 
     def stage_ms(self) -> dict[str, float]:

@@ -26,6 +26,12 @@ class Metrics:
         self.tool_results = counter("navig_tool_results", "hit, miss or error", ["tool", "outcome"])
         self.triton_restarts = counter("navig_triton_restarts", "Embedded Triton restarts after it exited")
         self.auth_failures = counter("navig_auth_failures", "Calls refused by the token check", ["reason"])
+        self.result_cache = counter(
+            "navig_result_cache",
+            "Locate answers: hit, shared (an identical run was in flight), miss",
+            ["outcome"],
+        )
+        self.result_cache_entries = gauge("navig_result_cache_entries", "Answers held by the result cache")
         self._http = None
 
     def serve(self, host: str, port: int) -> int:

@@ -8,10 +8,12 @@ with a message, never a traceback, and is counted in the metrics.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 
@@ -27,7 +29,8 @@ from navig.orchestrator.metrics import Metrics
 from navig.orchestrator.options import RunOptions, run_options
 from navig.orchestrator.pipeline import Pipeline
 from navig.orchestrator.prompts import PROMPTS_VERSION
-from navig.orchestrator.results import Event, Evidence, Outcome, ReasoningDelta
+from navig.orchestrator.result_cache import Lookup, ResultCache
+from navig.orchestrator.results import Event, Evidence, Outcome, ReasoningDelta, StageTiming
 from navig.orchestrator.settings import Settings
 
 log = logging.getLogger("navig.service")
@@ -47,17 +50,22 @@ class GeolocatorService(pb_grpc.GeolocatorServicer):
         self.admission = admission
         self.health = health
         self.metrics = metrics
+        self.cache = ResultCache(settings.result_cache_entries, settings.result_cache_ttl_s, metrics)
 
     async def Locate(self, request: pb.LocateRequest, context: grpc.aio.ServicerContext) -> pb.LocateResponse:
         call = _Call("Locate", request, self, context)
         with request_context(call.request_id):
             try:
                 options = call.admit()
-                async with self.admission.slot():
-                    outcome = await self.pipeline.run(
-                        request.image, options, call.deadline, lambda _: None, call.started
-                    )
-                return call.respond(outcome)
+                async with call.lookup() as lookup:
+                    if lookup.outcome is not None:
+                        return call.respond(lookup.outcome, cached=True)
+                    async with self.admission.slot():
+                        outcome = await self.pipeline.run(
+                            request.image, options, call.deadline, lambda _: None, call.started
+                        )
+                    lookup.store(outcome)
+                    return call.respond(outcome)
             except asyncio.CancelledError:
                 call.status = "CANCELLED"
                 raise
@@ -74,21 +82,26 @@ class GeolocatorService(pb_grpc.GeolocatorServicer):
         with request_context(call.request_id):
             try:
                 options = call.admit()
-                async with self.admission.slot():
-                    events: asyncio.Queue[Event] = asyncio.Queue()
-                    run = asyncio.create_task(
-                        self.pipeline.run(
-                            request.image, options, call.deadline, events.put_nowait, call.started
+                async with call.lookup() as lookup:
+                    if lookup.outcome is not None:  # no run, no events: the answer at once
+                        yield pb.LocateEvent(result=call.respond(lookup.outcome, cached=True))
+                        return
+                    async with self.admission.slot():
+                        events: asyncio.Queue[Event] = asyncio.Queue()
+                        run = asyncio.create_task(
+                            self.pipeline.run(
+                                request.image, options, call.deadline, events.put_nowait, call.started
+                            )
                         )
-                    )
-                    try:
-                        async for item in _until_done(run, events):
-                            if call.wants(item):
-                                yield wire.event(item)
-                        yield pb.LocateEvent(result=call.respond(run.result()))
-                    finally:  # client gone or deadline: nothing keeps running on its behalf
-                        run.cancel()
-                        await asyncio.gather(run, return_exceptions=True)
+                        try:
+                            async for item in _until_done(run, events):
+                                if call.wants(item):
+                                    yield wire.event(item)
+                            lookup.store(run.result())
+                            yield pb.LocateEvent(result=call.respond(run.result()))
+                        finally:  # client gone or deadline: nothing keeps running on its behalf
+                            run.cancel()
+                            await asyncio.gather(run, return_exceptions=True)
             except asyncio.CancelledError:
                 call.status = "CANCELLED"
                 raise
@@ -145,6 +158,18 @@ class _Call:
         self.options = run_options(self.request.options, service.settings, service.pipeline.searcher.tools)
         return self.options
 
+    @asynccontextmanager
+    async def lookup(self) -> AsyncIterator[Lookup]:
+        """The result cache's answer for this request, or a miss to run and store (always a miss when the
+        cache is off or the request sets `no_cache`)."""
+        cache = self.service.cache
+        if not cache.enabled or self.request.options.no_cache:
+            yield Lookup(None)
+            return
+        key = cache.key(self.request.image, self.options, self.service.health.versions)
+        async with cache.lookup(key, self.deadline) as found:
+            yield found
+
     def wants(self, event: Event) -> bool:
         if isinstance(event, ReasoningDelta):
             return self.options.return_reasoning
@@ -152,13 +177,20 @@ class _Call:
             return self.options.return_evidence
         return True
 
-    def respond(self, outcome: Outcome) -> pb.LocateResponse:
+    def respond(self, outcome: Outcome, cached: bool = False) -> pb.LocateResponse:
+        """`cached`: the outcome is a stored one; its stage timings are the earlier run's, so they give way
+        to one "cache" stage."""
+        total_ms = (time.perf_counter() - self.started) * 1000
+        if cached:
+            outcome = dataclasses.replace(outcome, timings=[StageTiming("cache", 0.0, round(total_ms, 3))])
         models = {**self.service.health.versions, "prompts": PROMPTS_VERSION}
-        return wire.response(
-            outcome, self.request_id, (time.perf_counter() - self.started) * 1000, models,
+        message = wire.response(
+            outcome, self.request_id, total_ms, models,
             with_reasoning=self.options.return_reasoning, with_evidence=self.options.return_evidence,
             pipeline=self.options.pipeline,
         )  # fmt: skip
+        message.cached = cached
+        return message
 
     async def fail(self, exc: BaseException) -> None:
         if isinstance(exc, PipelineError):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'navig/orchestrator/api/geolocator.proto\x12\x08navig.v1\"\\\n\rLocateRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.navig.v1.LocateOptions\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xbc\x04\n\rLocateOptions\x12\x19\n\x0cuse_reasoner\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07use_ocr\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x1b\n\x0euse_map_search\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x1a\n\ruse_guidebook\x18\x04 \x01(\x08H\x03\x88\x01\x01\x12\x1a\n\ruse_describer\x18\x05 \x01(\x08H\x04\x88\x01\x01\x12\x1c\n\x0fuse_vlm_guesser\x18\x06 \x01(\x08H\x05\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x07 \x01(\rH\x06\x88\x01\x01\x12\x1d\n\x10return_reasoning\x18\x08 \x01(\x08H\x07\x88\x01\x01\x12\x1c\n\x0freturn_evidence\x18\t \x01(\x08H\x08\x88\x01\x01\x12\x31\n\x05tools\x18\n \x03(\x0b\x32\".navig.v1.LocateOptions.ToolsEntry\x12(\n\x08pipeline\x18\x0b \x01(\x0e\x32\x16.navig.v1.PipelineMode\x1a,\n\nToolsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x42\x0f\n\r_use_reasonerB\n\n\x08_use_ocrB\x11\n\x0f_use_map_searchB\x10\n\x0e_use_guidebookB\x10\n\x0e_use_describerB\x12\n\x10_use_vlm_guesserB\x11\n\x0f_max_new_tokensB\x13\n\x11_return_reasoningB\x12\n\x10_return_evidence\"x\n\x08Location\x12\x0f\n\x07\x63ountry\x18\x01 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x02 \x01(\t\x12\x0c\n\x04\x63ity\x18\x03 \x01(\t\x12\x10\n\x08latitude\x18\x04 \x01(\x01\x12\x11\n\tlongitude\x18\x05 \x01(\x01\x12\x12\n\nconfidence\x18\x06 \x01(\x01\"\xb6\x01\n\x08\x45vidence\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x14\n\x0c\x63ountry_code\x18\x06 \x01(\t\x12\x15\n\x08latitude\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tlongitude\x18\x08 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_latitudeB\x0c\n\n_longitude\"C\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x01\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x01\"-\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"0\n\x0b\x44\x65gradation\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8b\x03\n\x0eLocateResponse\x12$\n\x08location\x18\x01 \x01(\x0b\x32\x12.navig.v1.Location\x12(\n\x0b\x61nswered_by\x18\x02 \x01(\x0e\x32\x13.navig.v1.Component\x12\x11\n\treasoning\x18\x03 \x01(\t\x12$\n\x08\x65vidence\x18\x04 \x03(\x0b\x32\x12.navig.v1.Evidence\x12&\n\x07timings\x18\x05 \x03(\x0b\x32\x15.navig.v1.StageTiming\x12&\n\x06models\x18\x06 \x03(\x0b\x32\x16.navig.v1.ModelVersion\x12\'\n\x08\x64\x65graded\x18\x07 \x03(\x0b\x32\x15.navig.v1.Degradation\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x16\n\x0eguesser_output\x18\n \x01(\t\x12\x10\n\x08total_ms\x18\x0b \x01(\x01\x12(\n\x08pipeline\x18\x0c \x01(\x0e\x32\x16.navig.v1.PipelineMode\"\x1e\n\x0eReasoningDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xc1\x01\n\x0bLocateEvent\x12-\n\treasoning\x18\x01 \x01(\x0b\x32\x18.navig.v1.ReasoningDeltaH\x00\x12&\n\x08\x65vidence\x18\x02 \x01(\x0b\x32\x12.navig.v1.EvidenceH\x00\x12&\n\x05stage\x18\x03 \x01(\x0b\x32\x15.navig.v1.StageTimingH\x00\x12*\n\x06result\x18\x04 \x01(\x0b\x32\x18.navig.v1.LocateResponseH\x00\x42\x07\n\x05\x65vent*F\n\x0cPipelineMode\x12\x1d\n\x19PIPELINE_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46\x41ST\x10\x01\x12\r\n\tREFERENCE\x10\x02*W\n\tComponent\x12\x19\n\x15\x43OMPONENT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bVLM_GUESSER\x10\x01\x12\x14\n\x10\x45VIDENCE_GUESSER\x10\x02\x12\x08\n\x04NONE\x10\x03\x32\x8b\x01\n\nGeolocator\x12;\n\x06Locate\x12\x17.navig.v1.LocateRequest\x1a\x18.navig.v1.LocateResponse\x12@\n\x0cLocateStream\x12\x17.navig.v1.LocateRequest\x1a\x15.navig.v1.LocateEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'navig/orchestrator/api/geolocator.proto\x12\x08navig.v1\"\\\n\rLocateRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.navig.v1.LocateOptions\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xce\x04\n\rLocateOptions\x12\x19\n\x0cuse_reasoner\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07use_ocr\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x1b\n\x0euse_map_search\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x1a\n\ruse_guidebook\x18\x04 \x01(\x08H\x03\x88\x01\x01\x12\x1a\n\ruse_describer\x18\x05 \x01(\x08H\x04\x88\x01\x01\x12\x1c\n\x0fuse_vlm_guesser\x18\x06 \x01(\x08H\x05\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x07 \x01(\rH\x06\x88\x01\x01\x12\x1d\n\x10return_reasoning\x18\x08 \x01(\x08H\x07\x88\x01\x01\x12\x1c\n\x0freturn_evidence\x18\t \x01(\x08H\x08\x88\x01\x01\x12\x31\n\x05tools\x18\n \x03(\x0b\x32\".navig.v1.LocateOptions.ToolsEntry\x12(\n\x08pipeline\x18\x0b \x01(\x0e\x32\x16.navig.v1.PipelineMode\x12\x10\n\x08no_cache\x18\x0c \x01(\x08\x1a,\n\nToolsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x42\x0f\n\r_use_reasonerB\n\n\x08_use_ocrB\x11\n\x0f_use_map_searchB\x10\n\x0e_use_guidebookB\x10\n\x0e_use_describerB\x12\n\x10_use_vlm_guesserB\x11\n\x0f_max_new_tokensB\x13\n\x11_return_reasoningB\x12\n\x10_return_evidence\"x\n\x08Location\x12\x0f\n\x07\x63ountry\x18\x01 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x02 \x01(\t\x12\x0c\n\x04\x63ity\x18\x03 \x01(\t\x12\x10\n\x08latitude\x18\x04 \x01(\x01\x12\x11\n\tlongitude\x18\x05 \x01(\x01\x12\x12\n\nconfidence\x18\x06 \x01(\x01\"\xb6\x01\n\x08\x45vidence\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x14\n\x0c\x63ountry_code\x18\x06 \x01(\t\x12\x15\n\x08latitude\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tlongitude\x18\x08 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_latitudeB\x0c\n\n_longitude\"C\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x01\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x01\"-\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"0\n\x0b\x44\x65gradation\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9b\x03\n\x0eLocateResponse\x12$\n\x08location\x18\x01 \x01(\x0b\x32\x12.navig.v1.Location\x12(\n\x0b\x61nswered_by\x18\x02 \x01(\x0e\x32\x13.navig.v1.Component\x12\x11\n\treasoning\x18\x03 \x01(\t\x12$\n\x08\x65vidence\x18\x04 \x03(\x0b\x32\x12.navig.v1.Evidence\x12&\n\x07timings\x18\x05 \x03(\x0b\x32\x15.navig.v1.StageTiming\x12&\n\x06models\x18\x06 \x03(\x0b\x32\x16.navig.v1.ModelVersion\x12\'\n\x08\x64\x65graded\x18\x07 \x03(\x0b\x32\x15.navig.v1.Degradation\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x16\n\x0eguesser_output\x18\n \x01(\t\x12\x10\n\x08total_ms\x18\x0b \x01(\x01\x12(\n\x08pipeline\x18\x0c \x01(\x0e\x32\x16.navig.v1.PipelineMode\x12\x0e\n\x06\x63\x61\x63hed\x18\r \x01(\x08\"\x1e\n\x0eReasoningDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xc1\x01\n\x0bLocateEvent\x12-\n\treasoning\x18\x01 \x01(\x0b\x32\x18.navig.v1.ReasoningDeltaH\x00\x12&\n\x08\x65vidence\x18\x02 \x01(\x0b\x32\x12.navig.v1.EvidenceH\x00\x12&\n\x05stage\x18\x03 \x01(\x0b\x32\x15.navig.v1.StageTimingH\x00\x12*\n\x06result\x18\x04 \x01(\x0b\x32\x18.navig.v1.LocateResponseH\x00\x42\x07\n\x05\x65vent*F\n\x0cPipelineMode\x12\x1d\n\x19PIPELINE_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46\x41ST\x10\x01\x12\r\n\tREFERENCE\x10\x02*W\n\tComponent\x12\x19\n\x15\x43OMPONENT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bVLM_GUESSER\x10\x01\x12\x14\n\x10\x45VIDENCE_GUESSER\x10\x02\x12\x08\n\x04NONE\x10\x03\x32\x8b\x01\n\nGeolocator\x12;\n\x06Locate\x12\x17.navig.v1.LocateRequest\x1a\x18.navig.v1.LocateResponse\x12@\n\x0cLocateStream\x12\x17.navig.v1.LocateRequest\x1a\x15.navig.v1.LocateEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOCATEOPTIONS_TOOLSENTRY']._loaded_options = None
   _globals['_LOCATEOPTIONS_TOOLSENTRY']._serialized_options = b'8\001'
-  _globals['_PIPELINEMODE']._serialized_start=1821
-  _globals['_PIPELINEMODE']._serialized_end=1891
-  _globals['_COMPONENT']._serialized_start=1893
-  _globals['_COMPONENT']._serialized_end=1980
+  _globals['_PIPELINEMODE']._serialized_start=1855
+  _globals['_PIPELINEMODE']._serialized_end=1925
+  _globals['_COMPONENT']._serialized_start=1927
+  _globals['_COMPONENT']._serialized_end=2014
   _globals['_LOCATEREQUEST']._serialized_start=53
   _globals['_LOCATEREQUEST']._serialized_end=145
   _globals['_LOCATEOPTIONS']._serialized_start=148
-  _globals['_LOCATEOPTIONS']._serialized_end=720
-  _globals['_LOCATEOPTIONS_TOOLSENTRY']._serialized_start=512
-  _globals['_LOCATEOPTIONS_TOOLSENTRY']._serialized_end=556
-  _globals['_LOCATION']._serialized_start=722
-  _globals['_LOCATION']._serialized_end=842
-  _globals['_EVIDENCE']._serialized_start=845
-  _globals['_EVIDENCE']._serialized_end=1027
-  _globals['_STAGETIMING']._serialized_start=1029
-  _globals['_STAGETIMING']._serialized_end=1096
-  _globals['_MODELVERSION']._serialized_start=1098
-  _globals['_MODELVERSION']._serialized_end=1143
-  _globals['_DEGRADATION']._serialized_start=1145
-  _globals['_DEGRADATION']._serialized_end=1193
-  _globals['_LOCATERESPONSE']._serialized_start=1196
-  _globals['_LOCATERESPONSE']._serialized_end=1591
-  _globals['_REASONINGDELTA']._serialized_start=1593
-  _globals['_REASONINGDELTA']._serialized_end=1623
-  _globals['_LOCATEEVENT']._serialized_start=1626
-  _globals['_LOCATEEVENT']._serialized_end=1819
-  _globals['_GEOLOCATOR']._serialized_start=1983
-  _globals['_GEOLOCATOR']._serialized_end=2122
+  _globals['_LOCATEOPTIONS']._serialized_end=738
+  _globals['_LOCATEOPTIONS_TOOLSENTRY']._serialized_start=530
+  _globals['_LOCATEOPTIONS_TOOLSENTRY']._serialized_end=574
+  _globals['_LOCATION']._serialized_start=740
+  _globals['_LOCATION']._serialized_end=860
+  _globals['_EVIDENCE']._serialized_start=863
+  _globals['_EVIDENCE']._serialized_end=1045
+  _globals['_STAGETIMING']._serialized_start=1047
+  _globals['_STAGETIMING']._serialized_end=1114
+  _globals['_MODELVERSION']._serialized_start=1116
+  _globals['_MODELVERSION']._serialized_end=1161
+  _globals['_DEGRADATION']._serialized_start=1163
+  _globals['_DEGRADATION']._serialized_end=1211
+  _globals['_LOCATERESPONSE']._serialized_start=1214
+  _globals['_LOCATERESPONSE']._serialized_end=1625
+  _globals['_REASONINGDELTA']._serialized_start=1627
+  _globals['_REASONINGDELTA']._serialized_end=1657
+  _globals['_LOCATEEVENT']._serialized_start=1660
+  _globals['_LOCATEEVENT']._serialized_end=1853
+  _globals['_GEOLOCATOR']._serialized_start=2017
+  _globals['_GEOLOCATOR']._serialized_end=2156
 # @@protoc_insertion_point(module_scope)

@@ -38,7 +38,7 @@ class LocateRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[LocateOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LocateOptions(_message.Message):
-    __slots__ = ("use_reasoner", "use_ocr", "use_map_search", "use_guidebook", "use_describer", "use_vlm_guesser", "max_new_tokens", "return_reasoning", "return_evidence", "tools", "pipeline")
+    __slots__ = ("use_reasoner", "use_ocr", "use_map_search", "use_guidebook", "use_describer", "use_vlm_guesser", "max_new_tokens", "return_reasoning", "return_evidence", "tools", "pipeline", "no_cache")
     class ToolsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class LocateOptions(_message.Message):
     RETURN_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    NO_CACHE_FIELD_NUMBER: _ClassVar[int]
     use_reasoner: bool
     use_ocr: bool
     use_map_search: bool
@@ -68,7 +69,8 @@ class LocateOptions(_message.Message):
     return_evidence: bool
     tools: _containers.ScalarMap[str, bool]
     pipeline: PipelineMode
-    def __init__(self, use_reasoner: _Optional[bool] = ..., use_ocr: _Optional[bool] = ..., use_map_search: _Optional[bool] = ..., use_guidebook: _Optional[bool] = ..., use_describer: _Optional[bool] = ..., use_vlm_guesser: _Optional[bool] = ..., max_new_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ..., return_evidence: _Optional[bool] = ..., tools: _Optional[_Mapping[str, bool]] = ..., pipeline: _Optional[_Union[PipelineMode, str]] = ...) -> None: ...
+    no_cache: bool
+    def __init__(self, use_reasoner: _Optional[bool] = ..., use_ocr: _Optional[bool] = ..., use_map_search: _Optional[bool] = ..., use_guidebook: _Optional[bool] = ..., use_describer: _Optional[bool] = ..., use_vlm_guesser: _Optional[bool] = ..., max_new_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ..., return_evidence: _Optional[bool] = ..., tools: _Optional[_Mapping[str, bool]] = ..., pipeline: _Optional[_Union[PipelineMode, str]] = ..., no_cache: _Optional[bool] = ...) -> None: ...
 
 class Location(_message.Message):
     __slots__ = ("country", "country_code", "city", "latitude", "longitude", "confidence")
@@ -133,7 +135,7 @@ class Degradation(_message.Message):
     def __init__(self, component: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class LocateResponse(_message.Message):
-    __slots__ = ("location", "answered_by", "reasoning", "evidence", "timings", "models", "degraded", "request_id", "reasons", "guesser_output", "total_ms", "pipeline")
+    __slots__ = ("location", "answered_by", "reasoning", "evidence", "timings", "models", "degraded", "request_id", "reasons", "guesser_output", "total_ms", "pipeline", "cached")
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +148,7 @@ class LocateResponse(_message.Message):
     GUESSER_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     location: Location
     answered_by: Component
     reasoning: str
@@ -158,7 +161,8 @@ class LocateResponse(_message.Message):
     guesser_output: str
     total_ms: float
     pipeline: PipelineMode
-    def __init__(self, location: _Optional[_Union[Location, _Mapping]] = ..., answered_by: _Optional[_Union[Component, str]] = ..., reasoning: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[Evidence, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., degraded: _Optional[_Iterable[_Union[Degradation, _Mapping]]] = ..., request_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., guesser_output: _Optional[str] = ..., total_ms: _Optional[float] = ..., pipeline: _Optional[_Union[PipelineMode, str]] = ...) -> None: ...
+    cached: bool
+    def __init__(self, location: _Optional[_Union[Location, _Mapping]] = ..., answered_by: _Optional[_Union[Component, str]] = ..., reasoning: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[Evidence, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., degraded: _Optional[_Iterable[_Union[Degradation, _Mapping]]] = ..., request_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., guesser_output: _Optional[str] = ..., total_ms: _Optional[float] = ..., pipeline: _Optional[_Union[PipelineMode, str]] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class ReasoningDelta(_message.Message):
     __slots__ = ("text",)
