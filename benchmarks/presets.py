@@ -17,12 +17,18 @@ from navig.export.demo_checkpoints import SPEC_FILE, build_demo_checkpoints
 from navig.export.spec import load_spec
 
 
-def prepare(preset: str, root: Path, console: Console) -> tuple[Path, Path]:
-    """The preset's checkpoints and their full model repository, built once under `root`."""
-    checkpoints, repository = root / f"checkpoints-{preset}", root / f"repository-{preset}-full"
+def checkpoints_of(preset: str, root: Path, console: Console) -> Path:
+    """The preset's demo checkpoints, built once under `root`."""
+    checkpoints = root / f"checkpoints-{preset}"
     if not (checkpoints / SPEC_FILE).is_file():
         with console.status(f"building the {preset} checkpoints..."):
             build_demo_checkpoints(checkpoints, preset)
+    return checkpoints
+
+
+def prepare(preset: str, root: Path, console: Console) -> tuple[Path, Path]:
+    """The preset's checkpoints and their full model repository, built once under `root`."""
+    checkpoints, repository = checkpoints_of(preset, root, console), root / f"repository-{preset}-full"
     stamp = repository / ".source-digest"
     if not stamp.is_file() or stamp.read_text() != source_digest():
         spec = load_spec(checkpoints / SPEC_FILE).model_copy(update={"output": repository})

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +35,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from benchmarks.cpu_time import model_of
-from benchmarks.presets import prepare, source_digest
+from benchmarks.presets import checkpoints_of, source_digest
 from navig.client.profile.machine import machine
 from navig.export.build import build
 from navig.export.demo_checkpoints import SPEC_FILE
@@ -49,31 +47,28 @@ from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, Tri
 from navig.orchestrator.images import downscale
 from navig.orchestrator.triton_client import infer_inputs, vlm_inputs
 
-VARIANTS = ("merged", "adapter")
+VARIANTS = ("merged", "adapter")  # export `vlm.reasoner`
 VLM_SIDE = 640  # the Geolocator's `vlm_image_max_side`
 
 
-def repositories(checkpoints: Path, full: Path, root: Path, preset: str, console: Console) -> dict[str, Path]:
-    """The two VLM-only repositories beside the preset's full one: `merged` links its `vlm` and `reasoner`
-    folders, `adapter` is exported in adapter mode. Rebuilt when the model repository's source changed."""
-    merged, adapter = root / f"repository-{preset}-vlms-merged", root / f"repository-{preset}-vlms-adapter"
-    stamp = adapter / ".source-digest"
-    if not stamp.is_file() or stamp.read_text() != source_digest():
-        for folder in (merged, adapter):
-            shutil.rmtree(folder, ignore_errors=True)
-        merged.mkdir(parents=True)
-        for model in contract.VLM_MODELS:  # links: the files are the full repository's, never rewritten
-            shutil.copytree(full / model, merged / model, copy_function=os.link)
-        spec = load_spec(checkpoints / SPEC_FILE)
-        assert spec.vlm is not None
-        vlm = spec.vlm.model_copy(update={"reasoner": "adapter"})
-        spec = spec.model_copy(
-            update={"output": adapter, "ocr": None, "detector": None, "clip": None, "vlm": vlm}
-        )
+def repositories(checkpoints: Path, root: Path, preset: str, console: Console) -> dict[str, Path]:
+    """The preset's VLMs exported twice beside its full repository (the VLMs alone: the other models
+    play no part here), `vlm.reasoner: merged` and `adapter`; again when the model repository's source
+    changed."""
+    folders = {variant: root / f"repository-{preset}-vlms-{variant}" for variant in VARIANTS}
+    spec = load_spec(checkpoints / SPEC_FILE)
+    assert spec.vlm is not None
+    for variant, folder in folders.items():
+        stamp = folder / ".source-digest"
+        if stamp.is_file() and stamp.read_text() == source_digest():
+            continue
+        vlm = spec.vlm.model_copy(update={"reasoner": variant})
+        only_vlms = {"output": folder, "ocr": None, "detector": None, "clip": None, "vlm": vlm}
         with Progress(console=console, transient=True) as progress:
-            build(spec, progress)
+            progress.console.print(f"exporting the {preset} VLMs, reasoner {variant}...")
+            build(spec.model_copy(update=only_vlms), progress)
         stamp.write_text(source_digest())
-    return {"merged": merged, "adapter": adapter}
+    return folders
 
 
 class Caller:
@@ -200,8 +195,7 @@ def main() -> None:
     parser.add_argument("--reasoner-tokens", type=int, default=64, help="budget of the agreement check")
     args = parser.parse_args()
     console = Console()
-    checkpoints, full = prepare(args.preset, args.root, console)
-    repos = repositories(checkpoints, full, args.root, args.preset, console)
+    repos = repositories(checkpoints_of(args.preset, args.root, console), args.root, args.preset, console)
     photos = [
         downscale(
             np.asarray(Image.open(SAMPLES_DIR / s.file).convert("RGB")), VLM_SIDE, contract.MIN_IMAGE_SIDE

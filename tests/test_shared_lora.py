@@ -28,6 +28,7 @@ from navig.export.samples import SAMPLES_DIR, Sample
 from navig.export.spec import ExportSpec, load_spec
 from navig.export.vlm import parity_images
 from navig.model_repository import contract
+from navig.model_repository.vlm_engine import TransformersVlm
 from navig.orchestrator import prompts
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
@@ -191,3 +192,45 @@ def test_geolocator_runs_end_to_end_on_the_shared_base(
     assert got.reasoning == want.reasoning and got.reasoning
     assert got.location == want.location
     assert {m.name for m in got.models} >= {contract.REASONER, contract.VLM}
+
+
+# --- one vision pass per photo ---------------------------------------------------------------------------
+
+
+def engine(repository: Path, adapter: Path, vision_cache: int) -> TransformersVlm:
+    weights = repository / contract.VLM / "1" / "weights"
+    return TransformersVlm(weights, adapters={contract.REASONER_ADAPTER: adapter}, vision_cache=vision_cache)
+
+
+def test_the_vision_cache_keeps_every_token_and_passes_each_photo_once(adapter_repository: Path):
+    """REASONER (adapter) then GUESSER (base) on the same photos, and a batch showing one photo twice:
+    the same tokens with and without the cache, one vision pass per distinct photo."""
+    adapter = adapter_dir(adapter_repository)
+    plain, cached = engine(adapter_repository, adapter, 0), engine(adapter_repository, adapter, 8)
+    assert plain.vision_cache is None and cached.vision_cache is not None
+    guess = prompts.guesser_prompt("Whitewashed houses.", [])
+    big, tall = parity_images()
+    calls = [
+        ([prompts.REASONER, prompts.REASONER], [big, tall], [12, 12], [None, None], ["reasoner", "reasoner"]),
+        ([guess, "Describe.", guess], [big, big, tall], [12, 12, 12], [None] * 3, [None, None, None]),
+    ]
+    for prompts_, images, budgets, schemas, adapters in calls:
+        want = plain.generate_batch(prompts_, images, budgets, schemas, None, adapters)
+        got = cached.generate_batch(prompts_, images, budgets, schemas, None, adapters)
+        assert [g.token_ids for g in got] == [w.token_ids for w in want]
+    assert (cached.vision_cache.misses, cached.vision_cache.hits) == (2, 3)
+
+
+def test_no_vision_cache_when_the_adapter_changes_the_vision_tower(
+    adapter_repository: Path, demo_checkpoints: Path, tmp_path: Path
+):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2VLForConditionalGeneration
+
+    base = Qwen2VLForConditionalGeneration.from_pretrained(demo_checkpoints / "qwen2_vl")
+    lora = LoraConfig(r=4, target_modules=r".*\.(qkv|q_proj)", init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(tmp_path / "vision_lora", safe_serialization=True)
+    served = engine(adapter_repository, tmp_path / "vision_lora", 8)
+    assert served.vision_cache is None  # every row's vision pass runs: the adapter may change it
+    with pytest.raises(CheckpointError, match="vision tower"):
+        check_servable(tmp_path / "vision_lora")
