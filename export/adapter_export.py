@@ -65,9 +65,13 @@ def check_servable(adapter: Path) -> None:
 
 
 def set_adapters(config: object, spec: ExportSpec) -> None:
-    """The `vlm` config's `adapters` parameter: the REASONER's in adapter mode, none otherwise."""
-    names = contract.REASONER_ADAPTER if adapter_mode(spec) else ""
-    config.parameters["adapters"].string_value = names  # type: ignore[attr-defined]
+    """The `vlm` config's `adapters` parameter: the REASONER's in adapter mode; otherwise the parameter
+    is left out (no adapters, and the gpu config keeps exactly its LLM API parameters)."""
+    parameters = config.parameters  # type: ignore[attr-defined]
+    if adapter_mode(spec):
+        parameters["adapters"].string_value = contract.REASONER_ADAPTER
+    elif "adapters" in parameters:
+        del parameters["adapters"]
 
 
 def remove_merged(repository: Path) -> None:
