@@ -1,7 +1,9 @@
-"""Reads the signs. Fast: PP-OCR, by default on the whole photo once, its lines given to the sign crops
-they lie in, and a crop read on its own only where the photo pass found no text in it (`photo_first`);
-`every_crop` reads the photo and every sign crop, each a full detection + recognition pass. Reference
-(NAVIG's `getOSM`): the base VLM reads every crop of every label, houses included, one generation per crop."""
+"""Reads the signs. Fast: PP-OCR. By default (`photo_first`) the whole photo is read once and its lines
+are given to the sign crops they lie in; a sign crop is read on its own only where the photo pass found
+no line in it, or where it is too small in the photo for that pass to be trusted. `every_crop` reads
+the photo and every sign crop, each a full detection + recognition pass (benchmarks/ocr_once.py
+compares the two). Reference (NAVIG's `getOSM`): the base VLM reads every crop of every label, houses
+included, one generation per crop."""
 
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ class ReadSignsConfig(ToolConfig):
 
     strategy: Literal["photo_first", "every_crop"] = "photo_first"
     # the photo pass's long side: PP-OCR detects on at most 960 px (the `ocr` model's limit_side_len)
-    # whatever it is sent, but recognises the lines it found on the image as sent, up to its
-    # max_side_len of 2000 px; 1280 is the detector's view, already made, so nothing is resized again
+    # whatever it is sent, and recognises the lines it found on the image as sent (up to its max_side_len,
+    # 2000). 1280 is the detector's view, already made; small signs are read alone (small_crop_side)
     photo_side: int = Field(contract.DETECTOR_MAX_SIDE, ge=64, le=2000)
     min_inside: float = Field(text_boxes.MIN_INSIDE, gt=0.0, le=1.0)  # share of a line's box in a crop
     # a sign crop whose short side is below this in the photo as sent is too small there for its text to
