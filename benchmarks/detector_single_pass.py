@@ -2,9 +2,10 @@
 against the per-prompt graph (one pass per prompt, NAVIG's way): detection agreement on the samples and
 time per image.
 
-Both graphs come from the same `--preset` checkpoint (default `small`): the per-prompt one from the shared
-preset repository (`benchmarks.presets`), the single-pass one exported beside it into
-`repository-<preset>-detector-single-pass/` (reused while its inputs are unchanged).
+Both graphs come from the same `--preset` checkpoint (default `small`): the per-prompt one copied from the
+shared preset repository (`benchmarks.presets`) into `repository-<preset>-detector-per-prompt/`, the
+single-pass one exported beside it into `repository-<preset>-detector-single-pass/` (reused while its
+inputs are unchanged).
 
 Agreement: every sample photo, as the orchestrator sends it (`downscale` to DETECTOR_MAX_SIDE), through
 both graphs on ONNX Runtime. The detections kept are those the fast pipeline keeps (score >=
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +63,19 @@ from navig.orchestrator.settings import Settings
 BATCHES = (1, 8)
 HIGH_AGREEMENT_F1 = 0.9  # overall F1 at which single pass could become the default
 Detections = dict[str, np.ndarray]
+
+
+def per_prompt_repository(shared: Path, root: Path, preset: str) -> Path:
+    """A copy of the shared preset repository's `detector`: other benchmarks rebuild that repository
+    when the model sources change, which must not happen under this one's served model."""
+    source, repository = shared / contract.DETECTOR, root / f"repository-{preset}-detector-per-prompt"
+    if not (source / "1" / "model.onnx").is_file():
+        raise SystemExit(
+            f"{source} has no model.onnx: another process is rebuilding {shared}; run again after it"
+        )
+    shutil.rmtree(repository, ignore_errors=True)
+    shutil.copytree(source, repository / contract.DETECTOR)
+    return repository
 
 
 def single_pass_repository(checkpoints: Path, root: Path, preset: str, console: Console) -> Path:
@@ -255,7 +270,7 @@ def main() -> None:
     console = Console()
     checkpoints, shared = prepare(args.preset, args.root, console)
     repositories = {
-        PER_PROMPT: shared,
+        PER_PROMPT: per_prompt_repository(shared, args.root, args.preset),
         SINGLE_PASS: single_pass_repository(checkpoints, args.root, args.preset, console),
     }
     box_threshold = Settings.model_fields["box_threshold"].default
@@ -264,13 +279,13 @@ def main() -> None:
     detections: dict[str, list[Detections]] = {}
     for name, repository in repositories.items():
         results[name], detections[name] = in_process(repository, name, photos, args.threads, args.repeats)
+    agree = agreement(detections[PER_PROMPT], detections[SINGLE_PASS], photos, box_threshold, args.iou)
+    overall_f1 = agree["overall"]["f1"]
     stacked = np.stack([p for p in photos if p.shape == photos[0].shape][:8])
     for name, repository in repositories.items():
         results[name]["served_ms"], results[name]["served_variant"] = served_ms(
             repository, stacked, args.repeats, console
         )
-    agree = agreement(detections[PER_PROMPT], detections[SINGLE_PASS], photos, box_threshold, args.iou)
-    overall_f1 = agree["overall"]["f1"]
     show(console, args, results, agree, box_threshold, len(photos))
     out = args.root / "detector_single_pass.json"
     record = {
