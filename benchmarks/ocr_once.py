@@ -231,7 +231,13 @@ async def measure(
     tools = {name: ReadSigns.create(load_settings(tools={"ocr": c})) for name, c in STRATEGIES.items()}
     counting = CountingModels(triton)
     results = {
-        name: {"seconds": [], "cpu": [], "evidence": [], "calls": dict.fromkeys(contract.OCR_MODELS, 0)}
+        name: {
+            "seconds": [],
+            "cpu": [],
+            "ocr": [],
+            "evidence": [],
+            "calls": dict.fromkeys(contract.OCR_MODELS, 0),
+        }
         for name in tools
     }
     try:
@@ -248,6 +254,7 @@ async def measure(
                     after = await settled(stats, before, counting.calls.get(contract.OCR, 0))
                     results[name]["cpu"].append(cpu_seconds(server) + time.process_time() - cpu)
                     results[name]["seconds"].append(took)
+                    results[name]["ocr"].append(after[contract.OCR] - before[contract.OCR])
                     results[name]["evidence"].append(found)
                     for model in contract.OCR_MODELS:
                         results[name]["calls"][model] += after[model] - before[model]
@@ -293,15 +300,16 @@ def report(results: dict[str, dict], photos: list[Street], host: dict, out: Path
         "strategies": STRATEGIES,
         "baseline": BASELINE,
         "results": summary,
-        "by_layout_ms_mean": {
+        "by_layout": {
             name: {
-                layout: 1e3
-                * statistics.fmean(
-                    s for p, s in zip(photos, results[name]["seconds"]) if p.name.startswith(layout)
-                )
+                layout: {
+                    key: scale
+                    * statistics.fmean(v for p, v in zip(photos, r[key]) if p.name.startswith(layout))
+                    for key, scale in (("seconds", 1e3), ("cpu", 1e3), ("ocr", 1))
+                }
                 for layout in layouts
             }
-            for name in results
+            for name, r in results.items()
         },
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -327,9 +335,10 @@ def report(results: dict[str, dict], photos: list[Street], host: dict, out: Path
             f"{s['exact_lines_on_their_sign']:.0%}",
         )
     console.print(table)
-    for name, by_layout in result["by_layout_ms_mean"].items():
+    for name, by_layout in result["by_layout"].items():
         console.print(
-            f"{name}: OCR stage ms by photo size " + ", ".join(f"{k} {v:.0f}" for k, v in by_layout.items())
+            f"{name}, by photo size (OCR stage ms, CPU ms, ocr calls): "
+            + ", ".join(f"{k} {v['seconds']:.0f}/{v['cpu']:.0f}/{v['ocr']:.1f}" for k, v in by_layout.items())
         )
     console.print(f"{host['cpu']}, {host['cores']} cores -> {out}")
 
