@@ -5,7 +5,9 @@ Uses the `--preset` demo checkpoints (default `small`: the real architectures' p
 scale) and their model repository, built once into build/bench/ (`benchmarks.presets`), and times
 each encoder three ways on the same inputs: the served model through the embedded Triton (gRPC on
 loopback, python backend), the exported graph on ONNX Runtime in-process, and PyTorch eager, with
-the same thread count. Medians of `--repeats` runs after a warm-up.
+the same thread count. Medians of `--repeats` runs after a warm-up. The int8 variants (export spec
+`precision: int8`, export/quantize.py) are exported once more into build/bench/repository-<preset>-int8
+and timed beside fp32 the same two ways, with the parity figures their export gate measured.
 Run: `make bench`, or `python -m benchmarks.encoders --preset small`.
 """
 
@@ -22,18 +24,22 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from rich.console import Console
-from rich.progress import track
+from rich.progress import Progress, track
 from rich.table import Table
 
 from benchmarks.presets import prepare
 from navig.client.profile.machine import machine
+from navig.export.build import build, reuse
 from navig.export.cli import quiet_transformers
 from navig.export.demo_checkpoints import SPEC_FILE
-from navig.export.spec import load_spec
+from navig.export.repository import REPORT_FILE
+from navig.export.spec import ExportSpec, load_spec
 from navig.model_repository import contract
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 
 BATCHES = (1, 8)
+DETECTOR, CLIP_IMAGE = "detector (480x640 photos)", "clip_image (224x224 crops)"
+INT8_MODELS = {DETECTOR: contract.DETECTOR, CLIP_IMAGE: contract.CLIP_IMAGE}  # clip_text stays fp32
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -94,6 +100,57 @@ def encoders(checkpoints: Path, repository: Path, threads: int) -> dict[str, tup
     }
 
 
+def int8_spec(checkpoints: Path, output: Path) -> ExportSpec:
+    """The preset's encoders with `precision: int8` (OCR, VLMs and the reference detector are not timed)."""
+    spec = load_spec(checkpoints / SPEC_FILE)
+    detector = spec.detector.model_copy(update={"precision": "int8"})
+    if "reference_image_size" in type(detector).model_fields:
+        detector = detector.model_copy(update={"reference_image_size": None})
+    clip = spec.clip.model_copy(update={"precision": "int8"})
+    return spec.model_copy(
+        update={"output": output, "ocr": None, "vlm": None, "detector": detector, "clip": clip}
+    )
+
+
+def prepare_int8(checkpoints: Path, output: Path, console: Console) -> tuple[Path, dict[str, dict]]:
+    """The int8 repository, exported once (reused while its export inputs match), and its gate figures."""
+    spec = int8_spec(checkpoints, output)
+    if reuse(spec) is None:
+        with Progress(console=console, transient=True) as progress:
+            build(spec, progress)
+    report = json.loads((output / REPORT_FILE).read_text())
+    return output, {a["model"]: a["gate"] for a in report["artifacts"] if a.get("gate")}
+
+
+def int8_sessions(repository: Path, threads: int) -> dict[str, Callable[[int], object]]:
+    """name -> ort(batch) on the int8 graphs, the same inputs as `encoders`."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    rng = np.random.default_rng(0)
+    photos = rng.integers(0, 256, (8, 480, 640, 3), dtype=np.uint8)
+    crops = rng.integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
+    det_s, img_s = (
+        ort.InferenceSession(str(repository / m / "1" / "model.onnx"), options)
+        for m in (contract.DETECTOR, contract.CLIP_IMAGE)
+    )
+    return {
+        DETECTOR: lambda b: det_s.run(None, {contract.DETECTOR_IMAGES: photos[:b]}),
+        CLIP_IMAGE: lambda b: img_s.run(None, {contract.CLIP_IMAGE_IMAGES: crops[:b]}),
+    }
+
+
+def time_served(repository: Path, rows: list[dict], repeats: int, console: Console, what: str) -> None:
+    """Adds served_ms and served_speedup to the rows whose encoder the repository serves."""
+    config = TritonConfig(repository, ports=TritonPorts.free())
+    with console.status(f"starting Triton on the {what} encoders..."), EmbeddedTriton(config) as triton:
+        calls = served(repository, triton.grpc_url)
+        for r in track(rows, description=f"timing the served {what} encoders"):
+            call = calls.get(r["encoder"])
+            if call is not None:
+                r["served_ms"] = median_ms(lambda: call(r["batch"]), repeats)  # noqa: B023
+                r["served_speedup"] = r["eager_ms"] / r["served_ms"]
+
+
 def served(repository: Path, url: str) -> dict[str, Callable[[int], object]]:
     """name -> served(batch): the same inputs as `encoders`, through Triton's gRPC API."""
     import tritonclient.grpc as triton_grpc
@@ -122,7 +179,7 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['encoder'].split(' ')[0]}\nbatch {r['batch']}" for r in results]
+    labels = [f"{r['encoder'].split(' ')[0]} {r['precision']}\nbatch {r['batch']}" for r in results]
     x = np.arange(len(results))
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.bar(x - 0.27, [r["eager_ms"] for r in results], 0.27, label="PyTorch eager")
@@ -165,6 +222,7 @@ def main() -> None:
                 results.append(
                     {
                         "encoder": name,
+                        "precision": "fp32",
                         "batch": batch,
                         "eager_ms": eager_ms,
                         "ort_ms": ort_ms,
@@ -172,38 +230,73 @@ def main() -> None:
                     }
                 )
     del pairs  # the in-process models give the cores back to Triton
-    config = TritonConfig(repository, ports=TritonPorts.free())
-    with console.status("starting Triton on the exported encoders..."), EmbeddedTriton(config) as triton:
-        calls = served(repository, triton.grpc_url)
-        for r in track(results, description="timing the served encoders"):
-            call = calls.get(r["encoder"])
-            if call is not None:
-                r["served_ms"] = median_ms(lambda: call(r["batch"]), args.repeats)  # noqa: B023
-                r["served_speedup"] = r["eager_ms"] / r["served_ms"]
+    int8_repository, gates = prepare_int8(checkpoints, args.root / f"repository-{args.preset}-int8", console)
+    eager = {(r["encoder"], r["batch"]): r["eager_ms"] for r in results}
+    int8_rows = []
+    for name, run in track(
+        list(int8_sessions(int8_repository, args.threads).items()), description="timing int8"
+    ):
+        for batch in BATCHES:
+            ort_ms = median_ms(lambda: run(batch), args.repeats)  # noqa: B023
+            eager_ms = eager[(name, batch)]  # the same eager module and inputs as the fp32 row
+            row = {"encoder": name, "precision": "int8", "batch": batch, "eager_ms": eager_ms}
+            int8_rows.append(
+                {**row, "ort_ms": ort_ms, "speedup": eager_ms / ort_ms, "gate": gates[INT8_MODELS[name]]}
+            )
+    time_served(repository, results, args.repeats, console, "fp32")
+    time_served(int8_repository, int8_rows, args.repeats, console, "int8")
+    order = {name: k for k, name in enumerate(dict.fromkeys(r["encoder"] for r in results))}
+    results = sorted(results + int8_rows, key=lambda r: (order[r["encoder"]], r["precision"], r["batch"]))
     table = Table(title=f"{args.preset} preset, {args.threads} threads: median ms")
-    for column in ("encoder", "batch", "PyTorch eager", "ONNX Runtime", "speedup", "Triton", "speedup"):
+    columns = (
+        "encoder",
+        "precision",
+        "batch",
+        "PyTorch eager",
+        "ONNX Runtime",
+        "speedup",
+        "Triton",
+        "speedup",
+    )
+    for column in (*columns, "int8 gate"):
         table.add_column(column)
     for r in results:
         table.add_row(
             r["encoder"],
+            r["precision"],
             str(r["batch"]),
             f"{r['eager_ms']:.1f}",
             f"{r['ort_ms']:.1f}",
             f"{r['speedup']:.2f}x",
             f"{r['served_ms']:.1f}" if "served_ms" in r else "-",
             f"{r['served_speedup']:.2f}x" if "served_ms" in r else "-",
+            gate_text(r.get("gate")),
         )
     console.print(table)
     out = args.root / f"encoders-{args.preset}.json"
     out.write_text(
         json.dumps(
-            {"machine": machine(), "preset": args.preset, "threads": args.threads, "results": results},
+            {
+                "machine": machine(),
+                "preset": args.preset,
+                "threads": args.threads,
+                "results": results,
+                "int8_gates": gates,
+            },
             indent=2,
         )
         + "\n"
     )
     plot(results, out.with_suffix(".png"))
     console.print(f"-> {out} and {out.with_suffix('.png')}")
+
+
+def gate_text(gate: dict | None) -> str:
+    """The int8 export gate's figure: the first entry of the report's gate (quantize.py)."""
+    if not gate:
+        return ""
+    metric, value = next(iter(gate.items()))
+    return f"{metric} {value:.4f} (>= {gate['required']})"
 
 
 if __name__ == "__main__":
