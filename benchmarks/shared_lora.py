@@ -127,7 +127,8 @@ def model_memory(server: EmbeddedTriton) -> dict[str, dict[str, float]]:
 def measure(
     repository: Path, variant: str, photos: list[np.ndarray], args: argparse.Namespace, progress: Progress
 ) -> dict:
-    with EmbeddedTriton(TritonConfig(repository, ports=TritonPorts.free())) as server:
+    log = args.root / f"shared_lora-{variant}.tritonserver.log"
+    with EmbeddedTriton(TritonConfig(repository, ports=TritonPorts.free(), log_file=log)) as server:
         caller = Caller(server.grpc_url, variant)
         load = mixed_load(photos, args.requests, args.max_tokens)
         for call in load[:4]:  # warm-up: each kind once

@@ -68,6 +68,14 @@ def adapter_repository(model_repository: Path, demo_checkpoints: Path, tmp_path_
 
 
 @pytest.fixture(scope="module")
+def vlm_only(demo_checkpoints: Path, tmp_path_factory) -> Path:
+    """Just `vlm` in adapter mode (the engine tests need nothing else)."""
+    spec = adapter_spec(demo_checkpoints, tmp_path_factory.mktemp("vlm-only") / "repo")
+    export(spec.model_copy(update={"ocr": None, "detector": None, "clip": None}))
+    return spec.output
+
+
+@pytest.fixture(scope="module")
 def adapter_triton(adapter_repository: Path, tmp_path_factory) -> Iterator[EmbeddedTriton]:
     log = tmp_path_factory.mktemp("adapter-triton") / "tritonserver.log"
     with EmbeddedTriton(TritonConfig(adapter_repository, ports=TritonPorts.free(), log_file=log)) as server:
@@ -202,11 +210,11 @@ def engine(repository: Path, adapter: Path, vision_cache: int) -> TransformersVl
     return TransformersVlm(weights, adapters={contract.REASONER_ADAPTER: adapter}, vision_cache=vision_cache)
 
 
-def test_the_vision_cache_keeps_every_token_and_passes_each_photo_once(adapter_repository: Path):
+def test_the_vision_cache_keeps_every_token_and_passes_each_photo_once(vlm_only: Path):
     """REASONER (adapter) then GUESSER (base) on the same photos, and a batch showing one photo twice:
     the same tokens with and without the cache, one vision pass per distinct photo."""
-    adapter = adapter_dir(adapter_repository)
-    plain, cached = engine(adapter_repository, adapter, 0), engine(adapter_repository, adapter, 8)
+    adapter = adapter_dir(vlm_only)
+    plain, cached = engine(vlm_only, adapter, 0), engine(vlm_only, adapter, 8)
     assert plain.vision_cache is None and cached.vision_cache is not None
     guess = prompts.guesser_prompt("Whitewashed houses.", [])
     big, tall = parity_images()
@@ -222,7 +230,7 @@ def test_the_vision_cache_keeps_every_token_and_passes_each_photo_once(adapter_r
 
 
 def test_no_vision_cache_when_the_adapter_changes_the_vision_tower(
-    adapter_repository: Path, demo_checkpoints: Path, tmp_path: Path
+    vlm_only: Path, demo_checkpoints: Path, tmp_path: Path
 ):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2VLForConditionalGeneration
@@ -230,7 +238,7 @@ def test_no_vision_cache_when_the_adapter_changes_the_vision_tower(
     base = Qwen2VLForConditionalGeneration.from_pretrained(demo_checkpoints / "qwen2_vl")
     lora = LoraConfig(r=4, target_modules=r".*\.(qkv|q_proj)", init_lora_weights=False)
     get_peft_model(base, lora).save_pretrained(tmp_path / "vision_lora", safe_serialization=True)
-    served = engine(adapter_repository, tmp_path / "vision_lora", 8)
+    served = engine(vlm_only, tmp_path / "vision_lora", 8)
     assert served.vision_cache is None  # every row's vision pass runs: the adapter may change it
     with pytest.raises(CheckpointError, match="vision tower"):
         check_servable(tmp_path / "vision_lora")
