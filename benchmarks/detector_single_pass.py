@@ -65,16 +65,20 @@ HIGH_AGREEMENT_F1 = 0.9  # overall F1 at which single pass could become the defa
 Detections = dict[str, np.ndarray]
 
 
-def per_prompt_repository(shared: Path, root: Path, preset: str) -> Path:
-    """A copy of the shared preset repository's `detector`: other benchmarks rebuild that repository
-    when the model sources change, which must not happen under this one's served model."""
-    source, repository = shared / contract.DETECTOR, root / f"repository-{preset}-detector-per-prompt"
-    if not (source / "1" / "model.onnx").is_file():
-        raise SystemExit(
-            f"{source} has no model.onnx: another process is rebuilding {shared}; run again after it"
-        )
-    shutil.rmtree(repository, ignore_errors=True)
-    shutil.copytree(source, repository / contract.DETECTOR)
+def per_prompt_repository(checkpoints: Path, shared: Path, root: Path, preset: str) -> Path:
+    """The shared preset repository's `detector` graph in a repository of its own, its config written
+    here: other benchmarks rebuild the shared repository when the model sources change, which must
+    not happen under this one's served model."""
+    source, repository = (
+        shared / contract.DETECTOR / "1" / "model.onnx",
+        root / f"repository-{preset}-detector-per-prompt",
+    )
+    if not source.is_file():
+        raise SystemExit(f"{source} is missing: another process is rebuilding {shared}; run again after it")
+    place_model_folder(contract.DETECTOR, repository)
+    shutil.copy2(source, repository / contract.DETECTOR / "1" / "model.onnx")
+    spec = load_spec(checkpoints / SPEC_FILE)
+    write_model_config(spec.model_copy(update={"output": repository}), contract.DETECTOR)
     return repository
 
 
@@ -270,7 +274,7 @@ def main() -> None:
     console = Console()
     checkpoints, shared = prepare(args.preset, args.root, console)
     repositories = {
-        PER_PROMPT: per_prompt_repository(shared, args.root, args.preset),
+        PER_PROMPT: per_prompt_repository(checkpoints, shared, args.root, args.preset),
         SINGLE_PASS: single_pass_repository(checkpoints, args.root, args.preset, console),
     }
     box_threshold = Settings.model_fields["box_threshold"].default
