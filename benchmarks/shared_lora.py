@@ -11,6 +11,8 @@ For each:
 - throughput at `--concurrency` (16) of a mixed load like the Geolocator's: per REASONER call three
   base calls with images (two describer crops, one GUESSER with its JSON schema), `--requests` calls
   in all, tokens and calls per second;
+- CPU seconds the model processes spent on the mixed load, per call: the work, which a busy machine
+  does not distort the way it distorts wall-clock throughput;
 - memory: RSS and PSS (each shared page split between its sharers) of the model processes (Triton's
   python-backend stubs of `vlm` / `reasoner`) after the load.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -112,16 +115,24 @@ def mixed_load(photos: list[np.ndarray], requests: int, tokens: int) -> list[Cal
     return calls
 
 
+def model_processes(server: EmbeddedTriton) -> dict[str, psutil.Process]:
+    """The VLM stub processes by model name."""
+    assert server.pid is not None
+    children = psutil.Process(server.pid).children(recursive=True)
+    return {m: child for child in children if (m := model_of(child.cmdline())) in contract.VLM_MODELS}
+
+
 def model_memory(server: EmbeddedTriton) -> dict[str, dict[str, float]]:
     """MiB of RSS and PSS per VLM stub process."""
-    assert server.pid is not None
     out: dict[str, dict[str, float]] = {}
-    for child in psutil.Process(server.pid).children(recursive=True):
-        model = model_of(child.cmdline())
-        if model in contract.VLM_MODELS:
-            info = child.memory_full_info()
-            out[model] = {"rss_mib": info.rss / 2**20, "pss_mib": info.pss / 2**20}
+    for model, process in model_processes(server).items():
+        info = process.memory_full_info()
+        out[model] = {"rss_mib": info.rss / 2**20, "pss_mib": info.pss / 2**20}
     return out
+
+
+def cpu_seconds(server: EmbeddedTriton) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in model_processes(server).values())
 
 
 def measure(
@@ -149,9 +160,9 @@ def measure(
                 progress.advance(task)
                 return count
 
-            started = time.perf_counter()
+            started, cpu_before = time.perf_counter(), cpu_seconds(server)
             generated = sum(pool.map(run, load))
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, cpu_seconds(server) - cpu_before
         memory = model_memory(server)
     return {
         "reasoner_tokens": reasoning,
@@ -160,6 +171,7 @@ def measure(
         "seconds": seconds,
         "calls_per_s": len(load) / seconds,
         "tokens_per_s": generated / seconds,
+        "model_cpu_s_per_call": cpu / len(load),
         "memory": memory,
         "rss_mib": sum(m["rss_mib"] for m in memory.values()),
         "pss_mib": sum(m["pss_mib"] for m in memory.values()),
@@ -216,16 +228,19 @@ def main() -> None:
         "results": results,
         "adapter_vs_merged_throughput": adapter["calls_per_s"] / merged["calls_per_s"],
         "adapter_vs_merged_pss": adapter["pss_mib"] / merged["pss_mib"],
+        "adapter_vs_merged_cpu_per_call": adapter["model_cpu_s_per_call"] / merged["model_cpu_s_per_call"],
+        "load_average": os.getloadavg(),  # other work on the machine: wall-clock figures suffer from it
     }
     out = args.root / "shared_lora.json"
     out.write_text(json.dumps(report, indent=2))
     table = Table(
-        "", "model processes", "calls/s", "tokens/s", "RSS MiB", "PSS MiB",
+        "", "model processes", "calls/s", "tokens/s", "model CPU s/call", "RSS MiB", "PSS MiB",
         title=f"REASONER merged vs adapter on vlm, {args.preset} preset, c={args.concurrency}",
     )  # fmt: skip
     for variant, r in results.items():
         table.add_row(
             variant, str(r["model_processes"]), f"{r['calls_per_s']:.2f}", f"{r['tokens_per_s']:.0f}",
+            f"{r['model_cpu_s_per_call']:.2f}",
             f"{r['rss_mib']:.0f}", f"{r['pss_mib']:.0f}",
         )  # fmt: skip
     console.print(table)
