@@ -37,7 +37,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from navig.client.profile.machine import machine
 
@@ -214,6 +214,15 @@ def write_swift_adapter(folder: Path, base: Path, config: dict) -> int:
     return sum(t.numel() for t in tensors.values())
 
 
+def rss_anon(pid: int) -> int:
+    """Resident anonymous memory (/proc/PID/status RssAnon): what cannot be dropped and re-read from a
+    file, unlike the mapped safetensors pages RSS also counts."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def run_export(spec: Path, console: Console) -> dict:
     """`navig export build SPEC --force` in a subprocess: peak RSS (kernel, polled), time, bytes written."""
     navig = Path(sys.executable).with_name("navig")
@@ -222,12 +231,13 @@ def run_export(spec: Path, console: Console) -> dict:
     process = psutil.Popen(
         [str(navig), "export", "build", str(spec), "--force"], stdout=subprocess.PIPE, text=True
     )
-    polled = written = 0
+    polled = anon = written = 0
     with console.status("navig export build (its output follows when it ends)...") as status:
         while process.poll() is None:
             try:
                 tree = [process, *process.children(recursive=True)]
                 polled = max(polled, sum(p.memory_info().rss for p in tree))
+                anon = max(anon, sum(rss_anon(p.pid) for p in tree))
                 written = process.io_counters().write_bytes
             except psutil.Error:
                 pass
@@ -247,6 +257,7 @@ def run_export(spec: Path, console: Console) -> dict:
         "seconds": seconds,
         "peak_rss_bytes": peak if peak > before * 1024 else polled,
         "peak_rss_polled_bytes": polled,
+        "peak_rss_anon_polled_bytes": anon,
         "write_bytes": written,
     }
 
@@ -257,23 +268,34 @@ def main() -> None:
     parser.add_argument("--vision-depth", type=int, default=VISION_7B["depth"])
     parser.add_argument("--vocab", type=int, default=TEXT_7B["vocab_size"])
     parser.add_argument("--keep", action="store_true", help="Keep the checkpoints and the export.")
+    parser.add_argument(
+        "--reuse", action="store_true", help="Reuse the checkpoint a failed or --keep run left (same shape)."
+    )
     args = parser.parse_args()
     full = (args.layers, args.vision_depth, args.vocab) == (28, 32, 152064)
     name = "export_7b" if full else f"export_7b-l{args.layers}-v{args.vision_depth}-vocab{args.vocab}"
     console = Console()
     work = WORK if full else OUT / name
-    if work.exists():
-        shutil.rmtree(work)
     base, adapter, output = work / BASE_NAME, work / "swift-lora" / "checkpoint-1000", work / "repository"
-    with tempfile.TemporaryDirectory() as tmp:
-        from navig.export.demo_checkpoints.qwen2_vl import build_qwen2_vl
+    if args.reuse and (base / "model.safetensors.index.json").is_file() and (adapter / "README.md").is_file():
+        config = json.loads((base / "config.json").read_text())
+        checkpoint_bytes = json.loads((base / "model.safetensors.index.json").read_text())["metadata"][
+            "total_size"
+        ]
+        shards = len(list(base.glob("*.safetensors")))
+        lora_params = sum(t.numel() for t in load_file(adapter / "adapter_model.safetensors").values())
+    else:
+        if work.exists():
+            shutil.rmtree(work)
+        with tempfile.TemporaryDirectory() as tmp:
+            from navig.export.demo_checkpoints.qwen2_vl import build_qwen2_vl
 
-        build_qwen2_vl(Path(tmp) / "qwen2_vl", Path(tmp) / "lora", "tiny")
-        config = qwen2_vl_config(args.layers, args.vision_depth, args.vocab, Path(tmp) / "qwen2_vl")
-        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
-            checkpoint_bytes, shards = write_base(base, config, Path(tmp) / "qwen2_vl", progress)
-    lora_params = write_swift_adapter(adapter, base, config)
+            build_qwen2_vl(Path(tmp) / "qwen2_vl", Path(tmp) / "lora", "tiny")
+            config = qwen2_vl_config(args.layers, args.vision_depth, args.vocab, Path(tmp) / "qwen2_vl")
+            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console) as progress:
+                checkpoint_bytes, shards = write_base(base, config, Path(tmp) / "qwen2_vl", progress)
+        lora_params = write_swift_adapter(adapter, base, config)
     spec = work / "export.yaml"
     vlm = f"vlm:\n  base: {base.resolve()}\n  reasoner_adapter: {adapter.resolve()}\n"
     spec.write_text(f"ocr: null\noutput: {output.resolve()}\n{vlm}")
@@ -317,6 +339,7 @@ def main() -> None:
             f"{result['peak_rss_bytes'] / 2**30:.2f} GiB = {result['peak_rss_over_checkpoint']:.2f}x",
         ),
         ("peak RSS (polled)", f"{measured['peak_rss_polled_bytes'] / 2**30:.2f} GiB"),
+        ("peak anonymous RSS (polled)", f"{measured['peak_rss_anon_polled_bytes'] / 2**30:.2f} GiB"),
         ("time", f"{measured['seconds']:.0f} s"),
         ("disk written (process)", f"{measured['write_bytes'] / 1e9:.1f} GB"),
         ("output folder", f"{result['output_bytes'] / 1e9:.1f} GB"),

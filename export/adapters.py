@@ -103,16 +103,21 @@ def base_disagreements(config: dict[str, Any], base: Path) -> list[str]:
     return warnings
 
 
+def loaded_name(key: str) -> str:
+    """A Qwen2-VL tensor or module name in transformers 4's layout (`model.layers.N`, `visual.`), as
+    transformers 5 names it (`model.language_model.layers.N`, `model.visual.`); others unchanged."""
+    if key.startswith("visual."):
+        return "model." + key
+    if key.startswith("model.") and not re.match(r"model\.(language_model|visual)\.", key):
+        return "model.language_model." + key.removeprefix("model.")
+    return key
+
+
 def legacy_to_loaded(key: str) -> str:
-    """A Qwen2-VL adapter key in transformers 4's layout, renamed to transformers 5's."""
+    """A peft adapter key (`base_model.model.` + module path) renamed by `loaded_name`."""
     if not key.startswith(PEFT_PREFIX):
         return key
-    path = key.removeprefix(PEFT_PREFIX)
-    if path.startswith("visual."):
-        path = "model." + path
-    elif path.startswith("model.") and not re.match(r"model\.(language_model|visual)\.", path):
-        path = "model.language_model." + path.removeprefix("model.")
-    return PEFT_PREFIX + path
+    return PEFT_PREFIX + loaded_name(key.removeprefix(PEFT_PREFIX))
 
 
 def apply_adapter(model: Any, adapter: Adapter) -> tuple[Any, list[str]]:

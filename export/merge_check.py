@@ -1,9 +1,9 @@
-"""The LoRA merge checked in the checkpoint's own dtype, on one model: PEFT before, merged after.
+"""The LoRA merge checked in the checkpoint's own dtype: PEFT before, the merged files after.
 
-A 7B base in bfloat16 is ~16 GB; a float32 copy or a second model would not fit a 24 GB machine. So
-the same model answers twice: with the adapter active (PEFT computes x W^T + s B(A x)), then after
-`merge_and_unload` (x (W + s B A)^T), in place. Compared are logits on image+text inputs and greedy
-tokens on a few text prompts.
+A 7B base in bfloat16 is ~16 GB; a float32 copy or a second model in memory would not fit a 24 GB
+machine. So the PEFT model (x W^T + s B(A x)) answers first; then, with it gone, the merged files
+(x (W + s B A)^T, `streamed_merge`) loaded in the same dtype answer the same inputs: logits on
+image+text inputs and greedy tokens on a few text prompts. What is checked is what will be served.
 
 In float32 the two differ by float32 arithmetic only, and the spec's `vlm.merge_tolerance` bounds
 them, as it always did. In bfloat16/float16 the merged weight W + s B A is rounded once more to the
@@ -11,10 +11,11 @@ dtype, moving each merged weight by up to u (its unit roundoff) of its value, wh
 adds the adapter in float32. The tolerance is calibrated on the model itself, as CAST_MARGIN is
 (vlm.py): MERGE_MARGIN x the logit change caused by perturbing every merged weight by a seeded random
 factor 1 + d, d uniform in [-u, u] (`perturbed`), applied as forward hooks (out + x (W * d)^T) so
-the stored weights are never touched and no copy is made. Rounding moves each weight by at most u
-of its value, so that
-perturbation is the rounding's error model. Measured on the small demo preset in bfloat16 (3 seeds of
-the calibration): the merge changes the logits by 0.95x-1.44x what the perturbation does, a larger
+the stored weights are never touched and no copy is made. Rounding moves each weight by at most u of
+its value, so that perturbation is the rounding's error model. Measured in bfloat16: on the small
+demo preset (3 seeds, with an independent draw per module, before the draw became one shifted window)
+the merge changes the logits by 0.95x-1.44x what the perturbation does; on the 7B shape cut to 2
+layers (benchmarks/export_7b.py --layers 2 --vision-depth 2 --vocab 32000), 1.09x. That is a larger
 share than the cast's 0.54x-0.92x: the PEFT forward also rounds its adapter output once more, and
 bfloat16 arithmetic rounds every activation of both runs.
 MERGE_MARGIN = 4 keeps a correct merge clear of a false alarm. What it catches: a merge that went

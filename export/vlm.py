@@ -1,19 +1,24 @@
 """VLM checkpoints -> `vlm` (base) and `reasoner` (base + REASONER LoRA, merged) weight folders.
 
 Merging removes the adapter's extra matmuls at serving time and lets one engine serve the
-REASONER. The merge is checked in float32: merged and PEFT logits on the same image+text inputs must
-agree within the stated tolerance, or nothing is written.
+REASONER. Real checkpoints are 7B models in bfloat16, sharded (~16.6 GB): they are exported in their
+own dtype, holding at most one model in memory, whose weights stay the safetensors files' mapped pages.
+The PEFT model (base + adapter) answers on image+text inputs and greedy prompts, the merge is streamed
+from the base's shards into shards of the same names (`streamed_merge`), and the written files, loaded,
+answer the same; within a tolerance (`merge_check`) or nothing is written.
 
-Weights are saved in the dtype the engine runs (`vlm.dtype` in the spec, resolved by
-`build.served_dtype`): TensorRT-LLM runs Qwen2-VL in the checkpoint's dtype and its vision tower's
-flash-attention has no float32. A cast is checked too (`cast_check`): logits of the float32 weights
-vs logits of the saved, rounded weights, within a tolerance argued beside CAST_MARGIN. The `vlm` folder
-is a byte copy of the base checkpoint when no cast is needed (checked by sha256, file by file), and the
+A dtype other than the checkpoint's (`vlm.dtype` in the spec, resolved by `build.served_dtype`:
+TensorRT-LLM runs Qwen2-VL in the checkpoint's dtype and its vision tower's flash-attention has no
+float32) goes through float32: the merge is checked there, then the cast (`cast_check`): logits of the
+float32 weights vs logits of the saved, rounded weights, within a tolerance argued beside CAST_MARGIN.
+That path holds the model in float32 (2x a bfloat16 checkpoint). The `vlm` folder is a byte copy of
+the base checkpoint when no cast is needed (never loaded; checked by sha256, file by file), and the
 cast weights, checked like the reasoner's, when one is.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import shutil
@@ -24,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from navig.export import merge_check, progress
+from navig.export import merge_check, progress, streamed_merge
 from navig.export.adapters import Adapter, apply_adapter, check_adapter
-from navig.export.checkpoints import load_pretrained, read_config, shard_limit, weight_files
+from navig.export.checkpoints import INDEX_FILE, load_pretrained, read_config, shard_limit, weight_files
 from navig.export.errors import ExportError
 from navig.export.fingerprint import sha256_file
 from navig.export.report import ArtifactReport, folder_size
@@ -307,31 +312,43 @@ def load_base(base: Path, dtype: torch.dtype) -> Any:
 def _merge_in_dtype(
     base: Path, adapter: Adapter, repository: Path, tolerance: float, dtype: str, started: float
 ) -> ArtifactReport:
+    """PEFT (base files + adapter) answers first; the merge is streamed into the target files
+    (`streamed_merge`); the written files, loaded, answer second. One model in memory at a time, its
+    weights the files' mapped pages: no copy of the base, and no anonymous 16 GB for a 7B one."""
     model = load_base(base, TORCH_DTYPES[dtype])
     samples = parity_samples(base, model)
     prompts = greedy_samples(base, model)
     peft_model, adapted = apply_adapter(model, adapter)
     before, greedy_before = merge_check.logits(peft_model, samples), merge_check.greedy(peft_model, prompts)
-    merged_model = peft_model.merge_and_unload()  # in place: the base's tensors now hold W + s B A
-    after, greedy_after = merge_check.logits(merged_model, samples), merge_check.greedy(merged_model, prompts)
-    diff = merge_check.max_diff(before, after)
-    check = f"logits: merged vs PEFT-unmerged, {dtype}, one model, {len(samples)} image+text inputs"
+    loras = streamed_merge.lora_weights(peft_model, adapted)
+    del model, peft_model
+    gc.collect()
+    target = weights_dir(repository, contract.REASONER)
+    if target.exists():
+        shutil.rmtree(target)
+    copy_side_files(base, target)
+    try:
+        streamed_merge.merge_files(base, target, loras, sorted(base.glob("*.safetensors")))
+        streamed_merge.copy_index(base, target, INDEX_FILE)
+        config_file = target / "config.json"
+        config = json.loads(config_file.read_text())
+        config["torch_dtype"] = config["dtype"] = dtype
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        diff, tolerance, greedy = _check_merged(
+            target, samples, prompts, adapted, before, greedy_before, dtype, tolerance
+        )
+    except BaseException:
+        shutil.rmtree(target)
+        raise
+    check = (
+        f"logits: merged (the written files) vs PEFT-unmerged (base + adapter), {dtype}, one model in "
+        f"memory at a time, {len(samples)} image+text inputs"
+    )
     if dtype != "float32":
-        with merge_check.perturbed(merged_model, adapted, UNIT_ROUNDOFF[dtype]):
-            tolerance = merge_check.MERGE_MARGIN * merge_check.max_diff(
-                after, merge_check.logits(merged_model, samples)
-            )
         check += (
             f"; tolerance {merge_check.MERGE_MARGIN:g}x the change from perturbing each merged weight by "
             f"up to u({dtype}) = {UNIT_ROUNDOFF[dtype]:.1e} of its value (merge_check.MERGE_MARGIN)"
         )
-    greedy = merge_check.compare_greedy(greedy_before, greedy_after, tolerance)
-    if not diff <= tolerance:
-        raise ExportError(f"reasoner: merged vs PEFT logits differ by {diff:.2e} > tolerance {tolerance:.1e}")
-    if greedy.failures:
-        raise ExportError(f"reasoner: merged vs PEFT greedy tokens differ: {'; '.join(greedy.failures)}")
-    target = weights_dir(repository, contract.REASONER)
-    save_weights(merged_model, base, target, dtype)
     return ArtifactReport(
         model=contract.REASONER,
         path=target,
@@ -342,6 +359,34 @@ def _merge_in_dtype(
         check=f"{check}; {greedy.summary()} ({len(prompts)} text prompts)",
         warnings=adapter.warnings,
     )
+
+
+def _check_merged(
+    target: Path,
+    samples: list[dict],
+    prompts: list[dict],
+    adapted: list[str],
+    before: list[torch.Tensor],
+    greedy_before: list[merge_check.Greedy],
+    dtype: str,
+    tolerance: float,
+) -> tuple[float, float, merge_check.GreedyComparison]:
+    """The merged files against the PEFT answers; the tolerance calibrated in 16-bit dtypes
+    (merge_check), the spec's in float32. Raises ExportError past it."""
+    merged_model = load_base(target, TORCH_DTYPES[dtype])
+    after, greedy_after = merge_check.logits(merged_model, samples), merge_check.greedy(merged_model, prompts)
+    diff = merge_check.max_diff(before, after)
+    if dtype != "float32":
+        with merge_check.perturbed(merged_model, adapted, UNIT_ROUNDOFF[dtype]):
+            tolerance = merge_check.MERGE_MARGIN * merge_check.max_diff(
+                after, merge_check.logits(merged_model, samples)
+            )
+    greedy = merge_check.compare_greedy(greedy_before, greedy_after, tolerance)
+    if not diff <= tolerance:
+        raise ExportError(f"reasoner: merged vs PEFT logits differ by {diff:.2e} > tolerance {tolerance:.1e}")
+    if greedy.failures:
+        raise ExportError(f"reasoner: merged vs PEFT greedy tokens differ: {'; '.join(greedy.failures)}")
+    return diff, tolerance, greedy
 
 
 def greedy_samples(base: Path, model: Any) -> list[dict]:

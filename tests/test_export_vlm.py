@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tritonclient.utils import InferenceServerException
 
 from navig.export import vlm as vlm_export
@@ -399,3 +399,96 @@ def test_guesser_grammar_always_gives_an_answer_that_parses(triton):
         assert not any(ord(c) < 0x20 for c in answer["city"])
         countries.add(parse_answer(text).country_code)
     assert len(countries) > 1  # the answers do vary: the grammar is not forcing one output
+
+
+def swift_adapter(demo_checkpoints: Path, folder: Path, **config_changes) -> Path:
+    """The demo adapter as ms-swift (trained with transformers 4) leaves it: transformers-4 key layout,
+    target_modules as a list, swift's own files beside peft's."""
+    shutil.copytree(demo_checkpoints / "reasoner_lora", folder)
+    weights = load_file(folder / "adapter_model.safetensors")
+    legacy = {k.replace("model.language_model.", "model."): v for k, v in weights.items()}
+    save_file(legacy, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config |= {
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config | config_changes))
+    (folder / "args.json").write_text('{"train_type": "lora", "model": "Qwen/Qwen2-VL-7B-Instruct"}')
+    (folder / "configuration.json").write_text('{"framework": "pytorch"}')
+    (folder / "additional_config.json").write_text('{"lora_dtype": null}')
+    return folder
+
+
+def test_swift_adapter_merges_like_the_peft_one(tmp_path: Path, demo_checkpoints: Path):
+    """Renamed from transformers 4's layout, every LoRA tensor lands: the merged weights are the peft
+    adapter's, bit for bit; disagreements with the base are warned, in the report too."""
+    base = demo_checkpoints / "qwen2_vl"
+    adapter = swift_adapter(
+        demo_checkpoints,
+        tmp_path / "swift",
+        base_model_name_or_path="/root/.cache/modelscope/hub/Qwen/Qwen2-VL-7B-Instruct",
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+            "c_attn",
+        ],
+    )
+    (swift,) = export_merged_reasoner(base, adapter, tmp_path / "swift-repo", 1e-3)
+    (peft,) = export_merged_reasoner(base, demo_checkpoints / "reasoner_lora", tmp_path / "peft-repo", 1e-3)
+    a, b = (load_file(r.path / "model.safetensors") for r in (swift, peft))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any("Qwen2-VL-7B-Instruct" in w and "trained on this base" in w for w in swift.warnings)
+    assert any("['c_attn']" in w for w in swift.warnings)
+    assert not peft.warnings
+
+
+def test_adapter_tensors_that_do_not_land_are_an_error(tmp_path: Path, demo_checkpoints: Path):
+    """peft alone would keep freshly initialised LoRA weights for names it does not find."""
+    adapter = swift_adapter(demo_checkpoints, tmp_path / "swift")
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file(
+        {k.replace("layers.", "blocks."): v for k, v in weights.items()},
+        adapter / "adapter_model.safetensors",
+    )
+    with pytest.raises(CheckpointError, match=r"adapter_model\.safetensors: its tensors do not match"):
+        export_merged_reasoner(demo_checkpoints / "qwen2_vl", adapter, tmp_path / "repo", 1e-3)
+
+
+def test_streamed_merge_is_w_plus_scaled_ba(model_repository: Path, demo_checkpoints: Path):
+    """The merged file's weight is W + (alpha / r) B A, computed in float32 and rounded once."""
+    base = load_file(demo_checkpoints / "qwen2_vl" / "model.safetensors")
+    merged = load_file(model_repository / contract.REASONER / "1/weights/model.safetensors")
+    lora = load_file(demo_checkpoints / "reasoner_lora" / "adapter_model.safetensors")
+    config = json.loads((demo_checkpoints / "reasoner_lora" / "adapter_config.json").read_text())
+    prefix = "base_model.model.model.language_model.layers.0.mlp.down_proj"
+    a, b = lora[f"{prefix}.lora_A.weight"], lora[f"{prefix}.lora_B.weight"]
+    expected = base["model.layers.0.mlp.down_proj.weight"] + config["lora_alpha"] / config["r"] * (b @ a)
+    assert torch.allclose(merged["model.layers.0.mlp.down_proj.weight"], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_pickled_weights_are_named_with_the_command_that_converts_them(
+    tmp_path: Path, demo_checkpoints: Path
+):
+    from typer.testing import CliRunner
+
+    from navig.export.checkpoints import read_config
+    from navig.export.cli import app
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(demo_checkpoints / "qwen2_vl", folder)
+    tensors = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(tensors, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin.*navig export convert-pickle .*pickled"):
+        read_config(folder, vlm_export.QWEN2_VL_TYPES)
+    result = CliRunner().invoke(app, ["convert-pickle", str(folder)])
+    assert result.exit_code == 0, result.output
+    converted = load_file(folder / "model.safetensors")
+    assert converted.keys() == tensors.keys() and all(torch.equal(converted[k], tensors[k]) for k in tensors)
+    read_config(folder, vlm_export.QWEN2_VL_TYPES)
+    assert CliRunner().invoke(app, ["convert-pickle", str(tmp_path / "absent")]).exit_code == 2
