@@ -60,7 +60,7 @@ def export_peak_rss(folder: Path) -> int:
         [sys.executable, "-c", CHILD, str(folder / "export.yaml")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("MAXRSS")]

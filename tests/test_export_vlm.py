@@ -459,10 +459,13 @@ def test_adapter_tensors_that_do_not_land_are_an_error(tmp_path: Path, demo_chec
         export_merged_reasoner(demo_checkpoints / "qwen2_vl", adapter, tmp_path / "repo", 1e-3)
 
 
-def test_streamed_merge_is_w_plus_scaled_ba(model_repository: Path, demo_checkpoints: Path):
+def test_streamed_merge_is_w_plus_scaled_ba(tmp_path: Path, demo_checkpoints: Path):
     """The merged file's weight is W + (alpha / r) B A, computed in float32 and rounded once."""
     base = load_file(demo_checkpoints / "qwen2_vl" / "model.safetensors")
-    merged = load_file(model_repository / contract.REASONER / "1/weights/model.safetensors")
+    (report,) = export_merged_reasoner(
+        demo_checkpoints / "qwen2_vl", demo_checkpoints / "reasoner_lora", tmp_path, 1e-3
+    )
+    merged = load_file(report.path / "model.safetensors")
     lora = load_file(demo_checkpoints / "reasoner_lora" / "adapter_model.safetensors")
     config = json.loads((demo_checkpoints / "reasoner_lora" / "adapter_config.json").read_text())
     prefix = "base_model.model.model.language_model.layers.0.mlp.down_proj"
