@@ -63,13 +63,18 @@ def served(servers: list[EmbeddedTriton]) -> list[int]:
 
 
 async def closed_loop(
-    pools: TritonPools, seconds: float, concurrency: int, crops_per_photo: int, progress: Progress | None
+    pools: TritonPools,
+    seconds: float,
+    concurrency: int,
+    crops_per_photo: int,
+    progress: Progress | None,
+    with_detector: bool = True,
 ) -> dict[str, list[float]]:
     """Latencies (s) per model of every call finished within `seconds`; any failure raises."""
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (1, 480, 640, 3), dtype=np.uint8)
     crop = rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
-    calls = [(contract.DETECTOR, {contract.DETECTOR_IMAGES: photo})]
+    calls = [(contract.DETECTOR, {contract.DETECTOR_IMAGES: photo})] if with_detector else []
     calls += [(contract.CLIP_IMAGE, {contract.CLIP_IMAGE_IMAGES: crop})] * crops_per_photo
     latencies: dict[str, list[float]] = {m: [] for m in MODELS}
     started = time.monotonic()
@@ -99,12 +104,12 @@ def measure(servers: list[EmbeddedTriton], args: argparse.Namespace, progress: P
     async def run() -> tuple[dict[str, list[float]], float, list[float], list[int], list[int]]:
         pools = TritonPools.from_settings(settings, Metrics())
         try:
-            await closed_loop(pools, args.warmup, args.concurrency, args.crops_per_photo, None)
+            await closed_loop(pools, args.warmup, args.concurrency, args.crops_per_photo, None, args.detector)
             counts_before = await asyncio.to_thread(served, servers)
             cpu_before = [cpu_seconds(s) for s in servers]
             started = time.perf_counter()
             latencies = await closed_loop(
-                pools, args.seconds, args.concurrency, args.crops_per_photo, progress
+                pools, args.seconds, args.concurrency, args.crops_per_photo, progress, args.detector
             )
             wall = time.perf_counter() - started
             cpu = [cpu_seconds(s) - b for s, b in zip(servers, cpu_before)]
@@ -141,6 +146,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--crops-per-photo", type=int, default=4)
+    parser.add_argument(
+        "--detector",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a photo per crops (or crops only)",
+    )
     args = parser.parse_args()
     console = Console()
     repository = args.model_repository or prepare(args.preset, args.root, console)[1]
@@ -163,7 +174,9 @@ def main() -> None:
     one, two = results
     summary = {"speedup_two_vs_one": two["calls_per_s"] / one["calls_per_s"]}
     table = Table(
-        title=f"{args.preset} preset, concurrency {args.concurrency}, 1 photo + {args.crops_per_photo} crops"
+        title=f"{args.model_repository or args.preset + ' preset'}, concurrency {args.concurrency}, "
+        + (f"1 photo + {args.crops_per_photo} crops" if args.detector else "crops only")
+        + " (cores busy: the Triton processes only)"
     )
     for column in ("servers", "calls/s", "photos/s", "p50 ms", "p95 ms", "calls per server", "cores busy"):
         table.add_column(column)
