@@ -68,6 +68,8 @@ class TritonConfig:
     ready_timeout_s: float = 120.0
     binary: Path | None = None  # default: the one in the nvidia-pytriton wheel
     extra_args: tuple[str, ...] = ()
+    # Triton's response cache (`local`, this many MiB) for models whose config enables it; 0: off
+    response_cache_mb: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,15 @@ class TritonDistribution:
             shutil.rmtree(cache / "backends", ignore_errors=True)
             staging.rename(cache / "backends")
         return cache / "backends"
+
+
+def response_cache_args(binary: Path, megabytes: int) -> list[str]:
+    """Triton's `local` response cache; its library sits beside bin/ (`caches/local`) in the wheel as in
+    NVIDIA's images, where the default `--cache-directory` (/opt/tritonserver/caches) is that place."""
+    if megabytes <= 0:
+        return []
+    caches = binary.resolve().parent.parent / "caches"
+    return [f"--cache-directory={caches}", f"--cache-config=local,size={megabytes * 2**20}"]
 
 
 class EmbeddedTriton:
@@ -174,6 +185,7 @@ class EmbeddedTriton:
             "--exit-on-error=true",
             "--strict-readiness=true",
             f"--log-verbose={c.log_verbose}",
+            *response_cache_args(binary, c.response_cache_mb),
             *c.extra_args,
         ]
 

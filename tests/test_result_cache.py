@@ -7,13 +7,25 @@ import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
+from PIL import Image
 
 from navig.client.geolocator import GeolocatorClient
 from navig.client.results import LocateResult
 from navig.export.samples import SAMPLES_DIR, Sample
+from navig.model_repository import contract
 from navig.orchestrator.api import geolocator_pb2 as pb
+from navig.orchestrator.embedded_triton import (
+    EmbeddedTriton,
+    TritonConfig,
+    TritonDistribution,
+    TritonPorts,
+    response_cache_args,
+)
 from navig.orchestrator.options import RunOptions
 from navig.orchestrator.result_cache import cache_key
 from navig.orchestrator.server import OrchestratorThread
@@ -208,3 +220,29 @@ def test_the_key_covers_what_shapes_the_answer():
         cache_key(b"photo", options, {**versions, "vlm": "2"}),
     ):
         assert other != key
+
+
+def test_triton_answers_repeated_encoder_inputs_from_its_response_cache(
+    model_repository: Path, samples: list[Sample], tmp_path: Path
+):
+    """The exported detector enables Triton's response cache; the embedded server has one when asked."""
+    assert response_cache_args(Path("/x/bin/tritonserver"), 0) == []
+    (tmp_path / contract.DETECTOR).symlink_to((model_repository / contract.DETECTOR).resolve())
+    config = TritonConfig(tmp_path, ports=TritonPorts.free(), response_cache_mb=16, ready_timeout_s=600)
+    with EmbeddedTriton(config) as server:
+        library = (
+            Path(response_cache_args(TritonDistribution.find().binary, 16)[0].split("=", 1)[1]) / "local"
+        )
+        assert (library / "libtritoncache_local.so").is_file()
+        client = triton_grpc.InferenceServerClient(server.grpc_url)
+        photo = np.asarray(Image.open(SAMPLES_DIR / samples[0].file).convert("RGB"))[None]
+        outputs = []
+        for _ in range(3):
+            tensor = triton_grpc.InferInput(contract.DETECTOR_IMAGES, list(photo.shape), "UINT8")
+            tensor.set_data_from_numpy(photo)
+            outputs.append(client.infer(contract.DETECTOR, [tensor]).as_numpy(contract.DETECTOR_BOXES))
+        stats = client.get_inference_statistics(contract.DETECTOR, as_json=True)["model_stats"][0]
+        client.close()
+    counts = stats["inference_stats"]
+    assert int(counts["cache_miss"]["count"]) == 1 and int(counts["cache_hit"]["count"]) == 2
+    assert all(np.array_equal(outputs[0], other) for other in outputs[1:])
