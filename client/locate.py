@@ -93,6 +93,16 @@ def image_format(path: Path) -> str | None:
         return None
 
 
+# `--pipeline`, the same for `navig locate`, `navig eval` and `navig profile`
+PipelineOption = Annotated[
+    Pipeline | None,
+    typer.Option(
+        case_sensitive=False,
+        help="fast (the product) or reference (NAVIG's calls); server setting when not given.",
+    ),
+]
+
+
 def build_options(
     max_new_tokens: int | None,
     disabled: set[str],
@@ -155,13 +165,7 @@ def locate(
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Per VLM generation (server default).", min=1)
     ] = None,
-    pipeline: Annotated[
-        Pipeline | None,
-        typer.Option(
-            case_sensitive=False,
-            help="fast (the product) or reference (NAVIG's calls); server setting when not given.",
-        ),
-    ] = None,
+    pipeline: PipelineOption = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Run the pipeline even if the server has the answer cached.")
     ] = False,

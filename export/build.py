@@ -105,6 +105,14 @@ def plan(spec: ExportSpec) -> list[Step]:
         )
     if spec.detector:
         steps.append(Step("detector: GroundingDINO -> ONNX", (contract.DETECTOR,), lambda: _detector(spec)))
+        if spec.detector.reference_image_size:
+            steps.append(
+                Step(
+                    "detector_reference: GroundingDINO at NAVIG's size, every query -> ONNX",
+                    (contract.DETECTOR_REFERENCE,),
+                    lambda: _detector(spec, reference=True),
+                )
+            )
     if spec.clip:
         steps.append(
             Step("CLIP: image + text -> ONNX", (contract.CLIP_IMAGE, contract.CLIP_TEXT), lambda: _clip(spec))
@@ -234,14 +242,18 @@ def write_gpu_build(spec: ExportSpec, models: list[str], options: triton_config.
     return notes
 
 
-def _detector(spec: ExportSpec) -> list[ArtifactReport]:
+def _detector(spec: ExportSpec, reference: bool = False) -> list[ArtifactReport]:
+    """`detector`, or (`reference`) `detector_reference`: every query in order at NAVIG's input size."""
     from navig.export.detector import export_detector
 
-    assert spec.detector
-    repo = repository_for(spec, contract.DETECTOR)
-    place_model_folder(contract.DETECTOR, repo)
-    out = repo / contract.DETECTOR / "1" / "model.onnx"
     d = spec.detector
+    assert d and (d.reference_image_size or not reference)
+    name = contract.DETECTOR_REFERENCE if reference else contract.DETECTOR
+    repo = repository_for(spec, name)
+    place_model_folder(name, repo)
+    out = repo / name / "1" / "model.onnx"
+    if reference:
+        return [export_detector(d.checkpoint, out, image_size=d.reference_image_size, top_k=None, model=name)]
     return [
         export_detector(d.checkpoint, out, image_size=d.image_size, top_k=d.top_k, single_pass=d.single_pass)
     ]

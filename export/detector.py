@@ -196,7 +196,7 @@ class PromptedDetector(nn.Module):
         model: GroundingDinoForObjectDetection,
         texts: Sequence[PromptText],
         image_size: tuple[int, int],
-        top_k: int,
+        top_k: int | None,
         mean_std: tuple[Tensor, Tensor],
     ):
         super().__init__()
@@ -305,13 +305,19 @@ class PromptedDetector(nn.Module):
         return logits, boxes
 
     def _top_k(self, logits: Tensor, boxes: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-query score = max over the prompt's tokens of sigmoid(logit); best K over all prompts."""
+        """Per-query score = max over the prompt's tokens of sigmoid(logit); best K over all prompts,
+        or (top_k None) every query in (prompt, query) order, unsorted, as NAVIG reads them."""
         queries = logits.shape[1]
         scores = logits.max(-1)[0].sigmoid().reshape(batch, self.num_prompts * queries)
         xyxy = corners(boxes).reshape(batch, self.num_prompts * queries, 4)
-        top_scores, index = torch.topk(scores, self.top_k, dim=1)
-        labels = torch.div(index, queries, rounding_mode="floor")
-        top_boxes = torch.gather(xyxy, 1, index.unsqueeze(-1).expand(-1, -1, 4))
+        if self.top_k is None:
+            top_scores, top_boxes = scores, xyxy
+            order = torch.arange(self.num_prompts * queries, device=scores.device)
+            labels = torch.div(order, queries, rounding_mode="floor").expand(batch, -1)
+        else:
+            top_scores, index = torch.topk(scores, self.top_k, dim=1)
+            labels = torch.div(index, queries, rounding_mode="floor")
+            top_boxes = torch.gather(xyxy, 1, index.unsqueeze(-1).expand(-1, -1, 4))
         prompts = torch.arange(self.num_prompts, device=labels.device)
         prompt_scores = (labels.unsqueeze(-1) == prompts).to(top_scores.dtype) * top_scores.unsqueeze(-1)
         return top_boxes, top_scores, labels, prompt_scores
@@ -467,15 +473,17 @@ def build_detector(
     checkpoint: Path,
     *,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    top_k: int = DEFAULT_TOP_K,
+    top_k: int | None = DEFAULT_TOP_K,
     prompts: Sequence[str] = contract.DETECTOR_PROMPTS,
     single_pass: bool = False,
 ) -> PromptedDetector:
-    """The PyTorch module that is exported, in eval mode.
+    """The PyTorch module that is exported, in eval mode. `top_k` None: every query, in order.
     `single_pass`: the prompts as phrases of one caption (`SinglePassDetector`)."""
     model, processor = load_grounding_dino(checkpoint)
+    if single_pass and top_k is None:
+        raise ExportError("single_pass keeps the best top_k queries: it needs a top_k")
     candidates = model.config.num_queries * (1 if single_pass else len(prompts))
-    if not 1 <= top_k <= candidates:
+    if top_k is not None and not 1 <= top_k <= candidates:
         per = "queries: one detection per query in a single pass" if single_pass else "queries x prompts"
         raise ExportError(f"top_k must be in 1..{candidates} ({per}), got {top_k}")
     if min(image_size) < 96:
@@ -501,11 +509,13 @@ def export_detector(
     out: Path,
     *,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    top_k: int = DEFAULT_TOP_K,
+    top_k: int | None = DEFAULT_TOP_K,
     prompts: Sequence[str] = contract.DETECTOR_PROMPTS,
+    model: str = contract.DETECTOR,
     single_pass: bool = False,
 ) -> ArtifactReport:
     """Writes the detector ONNX at `out` and checks it against the PyTorch module it came from.
+    `model`: the Triton model it becomes (`detector`, or `detector_reference` with `top_k` None).
     `single_pass` (`SinglePassDetector`) is checked against the checkpoint's own forward on the
     joined caption instead: the module departs from HF's code there (scores per phrase)."""
     started = time.perf_counter()
@@ -527,22 +537,23 @@ def export_detector(
         allowed = QUERIES_MAY_DIFFER_PER_PROMPT * detector.passes
         if differing > allowed:
             raise ExportError(
-                f"detector: {differing} detections of one image differ between ONNX and PyTorch by more "
+                f"{model}: {differing} detections of one image differ between ONNX and PyTorch by more "
                 f"than {PARITY_TOLERANCE:g} (at most {allowed} may: near-tied proposals swapping ranks)"
             )
     except Exception:
         out.unlink(missing_ok=True)
         raise
+    kept = f"{top_k}" if top_k is not None else "every query's"
     against = "HF's forward on the joined caption (single pass)" if single_pass else "PyTorch"
     return ArtifactReport.of_file(
-        contract.DETECTOR,
+        model,
         out,
         diff,
         PARITY_TOLERANCE,
         started,
         (
             f"ORT vs {against} detections on {parity_shapes(image_size)} (batch, H, W); max diff over "
-            f"the reproduced ones; misses: the most of one image's {top_k} without a counterpart "
+            f"the reproduced ones; misses: the most of one image's {kept} detections without a counterpart "
             f"within tolerance (near-tied proposals swapping ranks)"
         ),
         misses=differing,

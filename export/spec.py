@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from navig.export.errors import ExportError
 from navig.export.triton_config import GpuOptions, LlmOptions
 from navig.model_repository import contract
+from navig.orchestrator import navig_reference
 
 
 class _Section(BaseModel):
@@ -50,6 +51,10 @@ class DetectorSpec(_Section):
     # once per prompt. Faster; detections differ from NAVIG's per-prompt passes
     # (`benchmarks/detector_single_pass.py` measures the agreement). Off unless that agreement is high.
     single_pass: bool = False
+    # `detector_reference` (the `reference` pipeline's): every query, in order, at this (height, width):
+    # GroundingDINO's own resize of a 4:3 landscape photo (NAVIG's 800 / 1333 rule). Photos of another
+    # shape are stretched to it. None: not exported (`reference` requests then fail FAILED_PRECONDITION).
+    reference_image_size: tuple[int, int] | None = navig_reference.detector_input_size(480, 640)
     # int8: the `detector` decoder quantized behind a parity gate, or the export refuses (export/quantize.py).
     precision: Literal["fp32", "int8"] = "fp32"
 

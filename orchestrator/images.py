@@ -123,3 +123,10 @@ def jpeg_round_trip(pixels: np.ndarray) -> np.ndarray | None:
         return None
     with Image.open(buffer) as image:
         return np.asarray(image.convert("RGB"))
+
+
+def resize_bilinear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(height, width) with Pillow's bilinear filter on uint8, as GroundingDINO's `T.RandomResize` (and
+    Hugging Face's GroundingDINO processor) resize a photo: the same pixels NAVIG's detector sees."""
+    height, width = size
+    return np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR))

@@ -405,10 +405,11 @@ def test_the_cli_sends_the_pipeline_and_refuses_others(tmp_path: Path):
     assert not build_options(None, set(), [], False, False).pipeline  # unset: the server's setting
     image = tmp_path / "a.jpg"
     image.write_bytes((SAMPLES_DIR / "sign_000_de.jpg").read_bytes())
-    result = CliRunner().invoke(
-        app, ["locate", str(image), "--pipeline", "turbo", "--address", "127.0.0.1:9"]
-    )
-    assert result.exit_code == 2 and "turbo" in result.output
+    dataset = tmp_path / "d.csv"
+    dataset.write_text("image,latitude,longitude\na.jpg,50.9,6.9\n")
+    for command in (["locate", str(image)], ["eval", str(dataset)], ["profile", "--images", str(image)]):
+        result = CliRunner().invoke(app, [*command, "--pipeline", "turbo", "--address", "127.0.0.1:9"])
+        assert result.exit_code == 2 and "turbo" in result.output, command
 
 
 # --- GUESSER ---------------------------------------------------------------------------------------
@@ -520,8 +521,8 @@ REFERENCE = pb.LocateOptions(pipeline=pb.REFERENCE, max_new_tokens=8)
 def test_locate_in_reference_mode_reads_crops_with_the_vlm(
     geolocator: OrchestratorThread, samples: list[Sample]
 ):
-    """sign_003: the tiny detector's random weights give crops above 0.65 and 224 px on it."""
-    (sample,) = [s for s in samples if s.file == "sign_003_de.jpg"]
+    """sign_049: the tiny detector's random weights give crops of every label above 0.65 and 224 px on it."""
+    (sample,) = [s for s in samples if s.file == "sign_049_mx.jpg"]
     image = (SAMPLES_DIR / sample.file).read_bytes()
     with GeolocatorClient(geolocator.address) as client:
         reference = client.locate_proto(image, REFERENCE)
@@ -533,6 +534,8 @@ def test_locate_in_reference_mode_reads_crops_with_the_vlm(
 
     crops = [e for e in reference.evidence if e.tool == "detector"]
     assert crops, "no reference crops on this sample: pick another"
+    order = [navig_reference.PROMPT_ORDER.index(c.query) for c in crops]
+    assert order == sorted(order)  # labels in NAVIG's prompt order, each in the detector's query order
     for crop in crops:
         x0, y0, x1, y1 = json.loads(crop.result.split(" at ")[1])
         assert crop.score > navig_reference.BOX_THRESHOLD and (x1 - x0 >= 224 or y1 - y0 >= 224)
@@ -548,3 +551,23 @@ def test_locate_in_reference_mode_reads_crops_with_the_vlm(
     if reference.answered_by != pb.VLM_GUESSER:  # random weights: usually no JSON in 8 tokens
         assert [d.component for d in reference.degraded] == ["vlm_guesser"]
     assert {e.source for e in fast.evidence if e.tool == "ocr"} == {contract.OCR}  # fast: PP-OCR
+
+
+def test_a_model_triton_does_not_serve_is_a_failed_precondition(triton):
+    """A repository exported without `detector_reference` (detector.reference_image_size: null) answers
+    `reference` requests with FAILED_PRECONDITION naming the model, not INTERNAL or UNAVAILABLE (which
+    clients would retry)."""
+    from navig.orchestrator.errors import ModelMissing
+    from navig.orchestrator.triton_client import TritonModels
+
+    async def ask() -> None:
+        models = TritonModels(triton.grpc_url, Metrics(), 2**25)
+        try:
+            images = np.zeros((1, 32, 32, 3), np.uint8)
+            await models.infer("detector_absent", {contract.DETECTOR_IMAGES: images}, Deadline.after(10))
+        finally:
+            await models.close()
+
+    with pytest.raises(ModelMissing, match="has no model 'detector_absent'") as caught:
+        asyncio.run(ask())
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION

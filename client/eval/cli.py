@@ -15,6 +15,7 @@ from navig.client.eval.dataset import DatasetError, load_dataset
 from navig.client.eval.metrics import SCALES, THRESHOLDS_KM, summarise
 from navig.client.eval.runner import ResultsFileError, ServerUnavailable, evaluate, new_progress
 from navig.client.geolocator import GeolocatorClient
+from navig.client.locate import PipelineOption, build_options
 
 DEFAULT_OUT_DIR = Path("build/eval")
 EXIT_USAGE = 2
@@ -41,6 +42,7 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N images.")] = None,
     timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per image, retries included.")] = 300.0,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Per VLM generation.")] = None,
+    pipeline: PipelineOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary JSON only.")] = False,
 ) -> None:
     """Geolocate every image of DATASET with a running Geolocator and report geo-accuracy.
@@ -67,7 +69,7 @@ def eval_command(
         elif done:
             stderr.print(f"resuming {out}: {done} done, {todo} to go", markup=False)
 
-    options = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
+    options = build_options(max_new_tokens, set(), [], False, False, pipeline.value if pipeline else None)
     try:
         records = evaluate(
             items,

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from navig.client.images import ImageReadError, expand_paths, read_rgb
+from navig.client.locate import PipelineOption, build_options
 from navig.client.profile import triton_stats
 from navig.client.profile.load import Budget, GeolocatorTarget, Level, run_level
 from navig.client.profile.machine import machine
@@ -32,7 +33,6 @@ from navig.client.profile.report import compare as compare_reports
 from navig.client.profile.report import summarise, write_reports
 from navig.client.profile.triton_target import TritonModelTarget, UnsupportedModel
 from navig.model_repository import contract
-from navig.orchestrator.api import geolocator_pb2 as pb
 
 profile_app = typer.Typer(help="Latency profiling of a running Geolocator or Triton model.")
 console = Console(soft_wrap=True)
@@ -70,6 +70,7 @@ def profile(
         bool, typer.Option(help="LocateStream (measures time to first event) or Locate.")
     ] = True,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Per VLM generation.")] = None,
+    pipeline: PipelineOption = None,
     timeout: Annotated[float, typer.Option(help="Deadline per request, seconds.")] = 300.0,
     triton_url: Annotated[
         str | None, typer.Option(help="Triton's gRPC address: per-model statistics.")
@@ -106,7 +107,7 @@ def profile(
         name = f"Triton model {triton_model} at {triton_url}"
     else:
         _require_serving(address)
-        options = pb.LocateOptions(max_new_tokens=max_new_tokens)
+        options = build_options(max_new_tokens, set(), [], False, False, pipeline.value if pipeline else None)
         target = GeolocatorTarget(address, payloads, options, stream, timeout)
         name = f"Geolocator at {address} ({'LocateStream' if stream else 'Locate'})"
     config = {
@@ -120,6 +121,7 @@ def profile(
         "warmup": warmup,
         "stream": stream,
         "max_new_tokens": max_new_tokens,
+        "pipeline": pipeline.value if pipeline else "server's",
         "timeout_s": timeout,
     }
     try:

@@ -25,7 +25,7 @@ from navig.model_repository import contract
 from navig.orchestrator import navig_reference
 from navig.orchestrator.deadline import Deadline
 from navig.orchestrator.errors import DeadlineExceeded, PipelineError, Unavailable, first_error
-from navig.orchestrator.images import downscale, jpeg_round_trip
+from navig.orchestrator.images import downscale, jpeg_round_trip, resize_bilinear
 from navig.orchestrator.metrics import Metrics
 from navig.orchestrator.models import Models
 from navig.orchestrator.results import Degradation, Emit, Evidence
@@ -169,7 +169,7 @@ class Searcher:
         """Fast: the crops, best score first, score >= box_threshold and both sides >= min_crop_side, at
         most max_crops."""
         if reference:
-            return await self._detect_reference(image, view, deadline)
+            return await self._detect_reference(image, deadline)
         settings = self.settings
         out = await self.models.infer(contract.DETECTOR, {contract.DETECTOR_IMAGES: view[None]}, deadline)
         height, width = image.shape[:2]  # boxes come as fractions: crops are cut from the full photo
@@ -187,17 +187,23 @@ class Searcher:
             crops.append(Crop(contract.DETECTOR_PROMPTS[int(label)], float(score), (x0, y0, x1, y1), pixels))
         return crops
 
-    async def _detect_reference(self, image: np.ndarray, view: np.ndarray, deadline: Deadline) -> list[Crop]:
+    async def _detect_reference(self, image: np.ndarray, deadline: Deadline) -> list[Crop]:
         """NAVIG's crops (utils.py:185-205, inference.py:62-71) from `detector_reference` (every query of
-        every prompt, in query order): per label in PROMPT_ORDER, queries in order, score > BOX_THRESHOLD;
+        every prompt, in query order) on the photo resized as GroundingDINO does (Pillow bilinear to the
+        shorter side 800: for a photo of the export's shape, exactly NAVIG's detector input): per label in
+        PROMPT_ORDER, queries in order, score > BOX_THRESHOLD;
         the box scaled to the full photo and int()-truncated, not clipped; kept iff width or height >=
         CROP_MIN_SIDE; cut as a Python slice (a negative edge counts from the end, so an edge box can come
         out empty) and JPEG round-tripped as NAVIG saves crops to files; an empty crop is skipped (NAVIG
         cannot save it). At most `reference_crops_per_label` per label (NAVIG: no cap)."""
-        out = await self.models.infer(
-            contract.DETECTOR_REFERENCE, {contract.DETECTOR_IMAGES: view[None]}, deadline
-        )
         height, width = image.shape[:2]
+        size = navig_reference.detector_input_size(height, width)
+        pixels = await asyncio.to_thread(
+            resize_bilinear, image, size
+        )  # the graph's own resize is then identity
+        out = await self.models.infer(
+            contract.DETECTOR_REFERENCE, {contract.DETECTOR_IMAGES: pixels[None]}, deadline
+        )
         boxes = out[contract.DETECTOR_BOXES][0] * np.array([width, height, width, height], np.float32)
         scores, labels = out[contract.DETECTOR_SCORES][0], out[contract.DETECTOR_LABELS][0]
         side, cap = navig_reference.CROP_MIN_SIDE, self.settings.reference_crops_per_label
