@@ -43,11 +43,13 @@ samples: install
 clean:
 	rm -rf build $(VENV)
 
+# Every figure of the README's Performance section; summary.json checks the targets and each lever.
 bench: repository
-	$(BIN)/python -m benchmarks.ocr_latency --model-repository $(REPOSITORY)
 	$(BIN)/python -m benchmarks.encoders --preset small --repeats 5
-	$(BIN)/python -m benchmarks.geolocator_load --model-repository $(REPOSITORY)
 	$(BIN)/python -m benchmarks.vlm_batching --model-repository $(REPOSITORY)
-	$(BIN)/python -m benchmarks.vlm_decode --checkpoints build/bench/checkpoints-small
+	$(BIN)/python -m benchmarks.caches --model-repository $(REPOSITORY)
+	$(BIN)/python -m benchmarks.ocr_once
+	$(BIN)/python -m benchmarks.detector_single_pass --preset small
+	$(BIN)/python -m benchmarks.shared_lora --preset small
 	$(BIN)/python -m benchmarks.versus_navig --preset small
 	$(BIN)/python -m benchmarks.summary --preset small

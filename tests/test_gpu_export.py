@@ -80,7 +80,7 @@ LLM_ARGS = {"dtype", "kv_cache_config", "max_num_tokens", "max_batch_size", "gui
 KV_CACHE_FIELDS = {"free_gpu_memory_fraction", "max_tokens"}
 ALL_MODELS = (
     *contract.OCR_MODELS,
-    contract.DETECTOR,
+    *contract.DETECTORS,
     contract.CLIP_IMAGE,
     contract.CLIP_TEXT,
     *contract.VLM_MODELS,
