@@ -1,7 +1,8 @@
 """All `make bench` figures in one JSON and one chart, with each target of the benchmarks issue checked.
 
 Reads what the other benchmarks wrote into build/bench/ in the same run (versus_navig.json,
-encoders-<preset>.json, vlm_decode.json, ocr_latency.json) and writes summary.json + summary.png.
+encoders-<preset>.json, and each performance lever's: caches.json, ocr_once.json,
+detector_single_pass.json, shared_lora.json) and writes summary.json + summary.png.
 Run: `python -m benchmarks.summary` (last step of `make bench`).
 """
 
@@ -27,10 +28,13 @@ TARGETS = {
 }
 
 
+def read(bench: Path, name: str) -> dict[str, Any]:
+    return json.loads((bench / f"{name}.json").read_text())
+
+
 def figures(bench: Path, preset: str) -> dict[str, Any]:
-    versus = json.loads((bench / "versus_navig.json").read_text())
-    encoders = json.loads((bench / f"encoders-{preset}.json").read_text())
-    decode = json.loads((bench / "vlm_decode.json").read_text())
+    versus = read(bench, "versus_navig")
+    encoders = read(bench, f"encoders-{preset}")
     base, limit = versus["baseline"], versus["in_process"]
     served = {s["concurrency"]: s for s in versus["served"]}
     reference = {s["concurrency"]: s for s in versus["served_reference"]}
@@ -51,15 +55,15 @@ def figures(bench: Path, preset: str) -> dict[str, Any]:
             )
         },
         "fast_vs_reference_same_country": versus["agreement"],
+        "reference_vs_baseline_crops": versus["same_crops"],
         "served_b8_speedups": {
-            r["encoder"]: r.get("served_speedup")
+            f"{r['encoder']} {r.get('precision', 'fp32')}": r.get("served_speedup")
             for r in encoders["results"]
             if r["batch"] == 8 and r.get("served_speedup")
         },
         "cpu_s_per_photo": {name: sum(run["cpu_s_per_photo"].values()) for name, run in runs.items()},
         "cpu_utilisation": {name: run["cpu_utilisation"] for name, run in runs.items()},
-        "merged_vs_unmerged_decode": decode["merged_vs_unmerged"],
-        "batched_vs_sequential_decode": decode["batched_vs_sequential"],
+        "levers": levers(bench, encoders),
     }
     if 16 in served:
         out["throughput_c16_vs_baseline"] = out["throughput_vs_baseline"][16]
@@ -68,9 +72,72 @@ def figures(bench: Path, preset: str) -> dict[str, Any]:
     if 1 in served:
         out["p50_c1_vs_baseline"] = served[1]["p50_ms"] / base["p50_ms"]
         out["serving_overhead_c1"] = served[1]["p50_ms"] / limit["p50_ms"] - 1
-    if out["served_b8_speedups"]:
-        out["min_served_encoder_speedup_b8"] = min(out["served_b8_speedups"].values())
+    fp32 = [v for k, v in out["served_b8_speedups"].items() if k.endswith(" fp32")]
+    if fp32:
+        out["min_served_encoder_speedup_b8"] = min(fp32)
     return out
+
+
+def levers(bench: Path, encoders: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each performance lever of issue 15, on against off in this run: `effect` is on/off of its main
+    figure (above 1 is better), `kept` whether it outputs the same, and the figures it rests on."""
+    caches = {r["setup"]: r for r in read(bench, "caches")["results"]}
+    ocr = read(bench, "ocr_once")["results"]
+    single = read(bench, "detector_single_pass")
+    lora = read(bench, "shared_lora")
+    served = {
+        (r["encoder"].split(" ")[0], r.get("precision", "fp32")): r
+        for r in encoders["results"]
+        if r["batch"] == 8
+    }
+    int8 = {
+        name: {
+            "served_ms_fp32": served[(name, "fp32")].get("served_ms"),
+            "served_ms_int8": served[(name, "int8")].get("served_ms"),
+            "served_speedup_int8_vs_eager": served[(name, "int8")].get("served_speedup"),
+            "gate": served[(name, "int8")].get("gate"),
+        }
+        for name, precision in served
+        if precision == "int8"
+    }
+    timing = single["timing"]
+    return {
+        "result cache (repeated photos)": {
+            "effect": caches["result"]["photos_per_s"] / caches["none"]["photos_per_s"],
+            "figure": "photos/s, result cache vs none",
+            "cached_share": caches["result"]["cached_share"],
+        },
+        "Triton response cache (repeated photos, result cache off)": {
+            "effect": caches["triton"]["photos_per_s"] / caches["none"]["photos_per_s"],
+            "figure": "photos/s, Triton's response cache vs none",
+            "hits": caches["triton"]["triton_cache_hits"],
+        },
+        "OCR once per photo": {
+            "effect": ocr["every_crop"]["cpu_ms_mean"] / ocr["photo_first"]["cpu_ms_mean"],
+            "figure": "Triton CPU ms of OCR per photo, every crop / photo first",
+            "ocr_calls": {k: ocr[k]["calls_per_photo"]["ocr"] for k in ("every_crop", "photo_first")},
+            "lines_vs_every_crop": ocr["photo_first"]["agreement_with_every_crop"],
+        },
+        "single-pass detector": {
+            "effect": timing["per_prompt"]["served_ms"]["8"] / timing["single_pass"]["served_ms"]["8"],
+            "figure": "served ms at batch 8, three passes / one",
+            "agreement_f1": single["agreement"]["overall"]["f1"],
+        },
+        "one base, two adapters": {
+            "effect": lora["adapter_vs_merged_throughput"],
+            "figure": "calls/s at c=16 on a mixed load, adapter / merged",
+            "memory_pss_ratio": lora["adapter_vs_merged_pss"],
+            "identical_reasoner_tokens": lora["agreement"]["identical_rate"],
+        },
+        "int8 encoders": {
+            "effect": min(
+                (v["served_ms_fp32"] / v["served_ms_int8"] for v in int8.values() if v["served_ms_int8"]),
+                default=None,
+            ),
+            "figure": "served ms at batch 8, fp32 / int8 (the least improved encoder)",
+            "encoders": int8,
+        },
+    }
 
 
 def cpu_runs(versus: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -107,9 +174,8 @@ def plot(bench: Path, preset: str, path: Path, checked: dict[str, dict[str, Any]
     import matplotlib.pyplot as plt
     import numpy as np
 
-    versus = json.loads((bench / "versus_navig.json").read_text())
-    encoders = json.loads((bench / f"encoders-{preset}.json").read_text())["results"]
-    decode = json.loads((bench / "vlm_decode.json").read_text())
+    versus = read(bench, "versus_navig")
+    encoders = read(bench, f"encoders-{preset}")["results"]
     fig, grid = plt.subplots(2, 3, figsize=(18, 9))
     axes = grid.ravel()
 
@@ -133,7 +199,7 @@ def plot(bench: Path, preset: str, path: Path, checked: dict[str, dict[str, Any]
     axes[1].set(title="p50 latency, one photo at a time", ylabel="ms")
 
     rows = [r for r in encoders if r.get("served_ms")]
-    labels = [f"{r['encoder'].split(' ')[0]}\nb{r['batch']}" for r in rows]
+    labels = [f"{r['encoder'].split(' ')[0]} {r.get('precision', 'fp32')}\nb{r['batch']}" for r in rows]
     xs = np.arange(len(rows))
     axes[2].bar(xs - 0.2, [r["speedup"] for r in rows], 0.4, label="ONNX Runtime in-process")
     axes[2].bar(xs + 0.2, [r["served_speedup"] for r in rows], 0.4, label="served by Triton")
@@ -142,13 +208,14 @@ def plot(bench: Path, preset: str, path: Path, checked: dict[str, dict[str, Any]
     axes[2].set(title="encoders: speed-up over PyTorch eager", ylabel="x")
     axes[2].legend(fontsize=8)
 
-    kinds = ["peft_unmerged_tok_s", "merged_tok_s", "sequential_8_tok_s", "batched_8_tok_s"]
-    axes[3].bar(
-        ["LoRA\nunmerged", "merged", "8 one by\none", "8 in a\nbatch"],
-        [decode[k] for k in kinds],
-        color=["C0", "C1", "C1", "C3"],
-    )
-    axes[3].set(title="VLM decoding", ylabel="tokens/s")
+    effects = {
+        name: lever["effect"] for name, lever in levers(bench, read(bench, f"encoders-{preset}")).items()
+    }
+    shown = {name: value for name, value in effects.items() if value}
+    axes[3].barh(list(shown), list(shown.values()), color="C4")
+    axes[3].axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    axes[3].tick_params(axis="y", labelsize=7)
+    axes[3].set(title="performance levers: on / off (above 1: better)", xlabel="x")
 
     runs = cpu_runs(versus)
     bottom = np.zeros(len(runs))
@@ -191,7 +258,13 @@ def main() -> None:
         value = "-" if row["value"] is None else f"{row['value']:.3g}"
         met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "not measured"}[row["met"]]
         table.add_row(row["what"], row["target"], value, met)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    effects = Table("lever", "on / off", "of", title="performance levers (issue 15)")
+    for name, lever in found["levers"].items():
+        effect = "-" if lever["effect"] is None else f"{lever['effect']:.2f}x"
+        effects.add_row(name, effect, lever["figure"])
+    console.print(effects)
 
 
 if __name__ == "__main__":
