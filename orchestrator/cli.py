@@ -133,7 +133,14 @@ def serve_geolocator(
     try:
         if not external:
             ports = TritonPorts.free()
-            triton = EmbeddedTriton(TritonConfig(model_repository, host=settings.host, ports=ports))
+            triton = EmbeddedTriton(
+                TritonConfig(
+                    model_repository,
+                    host=settings.host,
+                    ports=ports,
+                    response_cache_mb=settings.triton_response_cache_mb,
+                )
+            )
             with console.status(f"starting the embedded Triton on {model_repository}..."):
                 triton.start()
             settings = settings.model_copy(update={"triton_url": triton.grpc_url})

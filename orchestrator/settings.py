@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     # --- result cache (orchestrator/result_cache.py: why it is off by default) ---------------
     result_cache_entries: int = Field(0, ge=0, description="Locate answers kept (LRU); 0: off")
     result_cache_ttl_s: float = Field(3600.0, gt=0, description="a stored answer is reused this long at most")
+    triton_response_cache_mb: int = Field(
+        0, ge=0, description="embedded Triton: response cache (MiB) for the encoders that enable it; 0: off"
+    )
 
     # --- tools -----------------------------------------------------------------------------
     map_backend: Literal["gazetteer", "nominatim", "photon"] = "gazetteer"
