@@ -11,6 +11,7 @@ a pool whose Triton loads it, and every metric name in the PromQL is one our cod
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -177,9 +178,16 @@ def test_orchestrator_environment_routes_every_model_to_a_pool_that_loads_it(
     }
     specs = pool_specs(settings)
     assert {spec.target for spec in specs} <= set(services), "a pool target names no headless Service"
-    pools = TritonPools(specs, Metrics(), settings.max_message_bytes)
-    for model in contract.MODELS:
-        service = services[pools.specs[pools.pool(model)].target]
+
+    async def routing() -> dict[str, str]:  # gRPC aio channels are made on the running loop
+        pools = TritonPools(specs, Metrics(), settings.max_message_bytes)
+        try:
+            return {model: pools.specs[pools.pool(model)].target for model in contract.MODELS}
+        finally:
+            await pools.close()
+
+    for model, target in asyncio.run(routing()).items():
+        service = services[target]
         loads = [
             a.removeprefix("--load-model=") for a in container(named(objects, "Deployment", service))["args"]
         ]

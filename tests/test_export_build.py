@@ -32,13 +32,7 @@ from navig.export.triton_config import ONNX_MODELS
 from navig.export.vlm import IDENTICAL_BYTES
 from navig.model_repository import contract
 
-ALL_MODELS = (
-    *contract.OCR_MODELS,
-    contract.DETECTOR,
-    contract.CLIP_IMAGE,
-    contract.CLIP_TEXT,
-    *contract.VLM_MODELS,
-)
+ALL_MODELS = contract.MODELS  # what the default export spec writes
 
 
 def parse(path: Path) -> mc.ModelConfig:

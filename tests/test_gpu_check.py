@@ -51,7 +51,7 @@ def test_the_cpu_profile_passes_against_its_own_reference(triton: EmbeddedTriton
     assert recorded.ocr_texts and all(len(t) == 8 for t in recorded.vlm_tokens.values())
     result, rows = check(triton, reference, "--no-expect-streaming")
     assert result.exit_code == 0, result.output
-    assert "all 21 checks passed" in result.output and len(rows) == 21 and all(r["ok"] for r in rows.values())
+    assert "all 22 checks passed" in result.output and len(rows) == 22 and all(r["ok"] for r in rows.values())
     for model in contract.VLM_MODELS:
         assert rows[(model, "cancelled")]["measured"] == "DEADLINE_EXCEEDED; next call answered"
         assert rows[(model, "first tokens")]["measured"] == "8/8 tokens agree"
@@ -66,7 +66,7 @@ def test_a_wrong_answer_a_missing_stream_and_a_dead_server_each_fail(
     wrong = tmp_path / "wrong.npz"
     recorded.save(wrong)
     result, rows = check(triton, wrong)  # the cpu profile's VLMs are not decoupled: no streaming either
-    assert result.exit_code == 1 and "4 of 21 checks failed" in result.output, result.output
+    assert result.exit_code == 1 and "4 of 22 checks failed" in result.output, result.output
     failed = {key: row["measured"] for key, row in rows.items() if not row["ok"]}
     assert set(failed) == {
         (contract.CLIP_TEXT, "probe"), (contract.VLM, "first tokens"),

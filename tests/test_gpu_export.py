@@ -78,13 +78,7 @@ ORT_TRT_ACCEPTED_KEYS = {
 # section 1.2/1.3. `use_tqdm` and `enable_tqdm` are NOT among them: either fails the model load.
 LLM_ARGS = {"dtype", "kv_cache_config", "max_num_tokens", "max_batch_size", "guided_decoding_backend"}
 KV_CACHE_FIELDS = {"free_gpu_memory_fraction", "max_tokens"}
-ALL_MODELS = (
-    *contract.OCR_MODELS,
-    *contract.DETECTORS,
-    contract.CLIP_IMAGE,
-    contract.CLIP_TEXT,
-    *contract.VLM_MODELS,
-)
+ALL_MODELS = contract.MODELS  # what the default export spec writes
 
 
 def written(tmp_path: Path, name: str, options: GpuOptions) -> mc.ModelConfig:
