@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from navig.export.checkpoints import read_json
 from navig.export.errors import CheckpointError
 from navig.export.pickled import pickled_error
 
@@ -43,13 +44,9 @@ def check_adapter(adapter: Path, base: Path | None = None) -> Adapter:
     `base`, the warnings where the adapter's config disagrees with that base checkpoint."""
     if not adapter.is_dir():
         raise CheckpointError(f"adapter folder not found: {adapter}")
-    config_file = adapter / "adapter_config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{adapter}: no adapter_config.json; not a peft adapter folder")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from exc
+    config = read_json(
+        adapter / "adapter_config.json", f"{adapter}: no adapter_config.json; not a peft adapter folder"
+    )
     if config.get("peft_type") != "LORA":
         raise CheckpointError(f"{adapter}: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
     if not (adapter / ADAPTER_WEIGHTS).is_file():

@@ -12,17 +12,21 @@ from navig.export.pickled import pickled_error
 INDEX_FILE = "model.safetensors.index.json"
 
 
+def read_json(path: Path, missing: str) -> dict[str, Any]:
+    """A checkpoint's JSON file: CheckpointError `missing` when it is absent, naming it when invalid."""
+    if not path.is_file():
+        raise CheckpointError(missing)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+
+
 def read_config(folder: Path, expected_model_types: tuple[str, ...]) -> dict[str, Any]:
     """config.json of a Hugging Face model folder, checked for architecture and safetensors weights."""
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{folder}: no config.json; not a Hugging Face model folder")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from exc
+    config = read_json(folder / "config.json", f"{folder}: no config.json; not a Hugging Face model folder")
     model_type = config.get("model_type")
     if model_type not in expected_model_types:
         raise CheckpointError(
