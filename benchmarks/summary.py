@@ -204,7 +204,7 @@ def plot(bench: Path, preset: str, path: Path, checked: dict[str, dict[str, Any]
     axes[2].bar(xs - 0.2, [r["speedup"] for r in rows], 0.4, label="ONNX Runtime in-process")
     axes[2].bar(xs + 0.2, [r["served_speedup"] for r in rows], 0.4, label="served by Triton")
     axes[2].axhline(2.0, color="grey", linestyle="--", linewidth=1)
-    axes[2].set_xticks(xs, labels, fontsize=8)
+    axes[2].set_xticks(xs, labels, fontsize=7, rotation=30)
     axes[2].set(title="encoders: speed-up over PyTorch eager", ylabel="x")
     axes[2].legend(fontsize=8)
 
