@@ -27,7 +27,7 @@ import json
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from rich.table import Table
 
 import navig.export as export_package
 import navig.model_repository as model_repository_package
+from benchmarks.encoders import median_ms
 from benchmarks.presets import prepare
 from navig.client.profile.machine import machine
 from navig.export.build import write_model_config
@@ -211,16 +212,6 @@ def scores(c: dict[str, int]) -> dict[str, float]:
     recall = c["matched"] / c["reference"] if c["reference"] else float(c["candidate"] == 0)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(samples)
 
 
 def in_process(

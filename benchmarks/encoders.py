@@ -103,9 +103,7 @@ def encoders(checkpoints: Path, repository: Path, threads: int) -> dict[str, tup
 def int8_spec(checkpoints: Path, output: Path) -> ExportSpec:
     """The preset's encoders with `precision: int8` (OCR, VLMs and the reference detector are not timed)."""
     spec = load_spec(checkpoints / SPEC_FILE)
-    detector = spec.detector.model_copy(update={"precision": "int8"})
-    if "reference_image_size" in type(detector).model_fields:
-        detector = detector.model_copy(update={"reference_image_size": None})
+    detector = spec.detector.model_copy(update={"precision": "int8", "reference_image_size": None})
     clip = spec.clip.model_copy(update={"precision": "int8"})
     return spec.model_copy(
         update={"output": output, "ocr": None, "vlm": None, "detector": detector, "clip": clip}

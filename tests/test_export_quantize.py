@@ -13,6 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from rich.progress import Progress
 
+from benchmarks.encoders import int8_spec
 from navig.export.build import build
 from navig.export.clip import export_clip
 from navig.export.demo_checkpoints import SPEC_FILE
@@ -25,23 +26,11 @@ from navig.export.quantize import (
     sample_photos,
 )
 from navig.export.repository import REPORT_FILE
-from navig.export.spec import ExportSpec, load_spec
+from navig.export.spec import load_spec
 from navig.model_repository import contract
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 
 INT8_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"}
-
-
-def int8_spec(demo_checkpoints: Path, output: Path) -> ExportSpec:
-    """The demo spec's encoders only, in int8 (no OCR, VLMs or reference detector: not what is tested)."""
-    spec = load_spec(demo_checkpoints / SPEC_FILE)
-    detector = spec.detector.model_copy(update={"precision": "int8"})
-    if "reference_image_size" in type(detector).model_fields:
-        detector = detector.model_copy(update={"reference_image_size": None})
-    clip = spec.clip.model_copy(update={"precision": "int8"})
-    return spec.model_copy(
-        update={"output": output, "ocr": None, "vlm": None, "detector": detector, "clip": clip}
-    )
 
 
 @pytest.fixture(scope="module")
