@@ -2,7 +2,7 @@
 
 Reads what the other benchmarks wrote into build/bench/ in the same run (versus_navig.json,
 encoders-<preset>.json, and each performance lever's: caches.json, ocr_once.json,
-detector_single_pass.json, shared_lora.json) and writes summary.json + summary.png.
+detector_single_pass.json, shared_lora.json, vision_cache.json) and writes summary.json + summary.png.
 Run: `python -m benchmarks.summary` (last step of `make bench`).
 """
 
@@ -85,6 +85,7 @@ def levers(bench: Path, encoders: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ocr = read(bench, "ocr_once")["results"]
     single = read(bench, "detector_single_pass")
     lora = read(bench, "shared_lora")
+    vision = read(bench, "vision_cache")
     served = {
         (r["encoder"].split(" ")[0], r.get("precision", "fp32")): r
         for r in encoders["results"]
@@ -128,6 +129,12 @@ def levers(bench: Path, encoders: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "figure": "calls/s at c=16 on a mixed load, adapter / merged",
             "memory_pss_ratio": lora["adapter_vs_merged_pss"],
             "identical_reasoner_tokens": lora["agreement"]["identical_rate"],
+        },
+        "one vision pass per image (vision cache)": {
+            "effect": vision["speedup"],
+            "figure": "`reference` VLM rows/s, vision cache on / off",
+            "identical_rows": f"{vision['identical_rows']}/{vision['rows']}",
+            "vision_passes": vision["on"]["vision_passes"],
         },
         "int8 encoders": {
             "effect": min(

@@ -153,6 +153,12 @@ async def served_work(address: str, triton_url: str, images: list[bytes], option
     return work | {"countries": countries, "crops": cut}  # each photo's answer and crops, for comparisons
 
 
+def requests_at(concurrency: int, images: int) -> int:
+    """A level's requests: every photo at least once, in whole rounds of `concurrency` (each caller sends
+    as many requests: no caller idles while the others finish an extra one)."""
+    return concurrency * -(-images // concurrency)
+
+
 def served(
     settings: Settings,
     repository: Path,
@@ -180,7 +186,7 @@ def served(
                     work = await served_work(server.address, triton.grpc_url, images, options)
                     progress.remove_task(task)
                     for c in levels:
-                        total = max(len(images), 2 * c)
+                        total = requests_at(c, len(images))
                         task = progress.add_task(f"served {mode}, concurrency {c}", total=total)
                         before = settled_snapshot(triton.grpc_url)
                         cpu_before = cpu_now()
@@ -188,7 +194,7 @@ def served(
                         samples = await run_level(
                             target,
                             Level(concurrency=c),
-                            Budget(requests=max(len(images), 2 * c)),
+                            Budget(requests=total),
                             lambda _, t=task: progress.advance(t),
                         )
                         seconds = time.perf_counter() - started

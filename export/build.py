@@ -214,6 +214,8 @@ def write_model_config(spec: ExportSpec, name: str, options: triton_config.GpuOp
         config.parameters[VARIANT_KEY].string_value = SINGLE_PASS if spec.detector.single_pass else PER_PROMPT
     if name == contract.VLM:
         adapter_export.set_adapters(config, spec)
+        if spec.vlm:
+            config.parameters["vision_cache_mb"].string_value = f"{spec.vlm.vision_cache_mb:g}"
     if name in contract.VLM_MODELS and spec.vlm:
         config.parameters["max_tokens"].string_value = str(spec.vlm.max_tokens)
         config.max_batch_size = spec.vlm.max_batch

@@ -35,6 +35,10 @@ class VlmSpec(_Section):
     max_tokens: int = Field(128, ge=1, le=contract.MAX_NEW_TOKENS)
     max_batch: int = Field(8, ge=1, le=64)  # concurrent requests per batched generate (Triton max_batch_size)
     max_queue_delay_us: int = Field(5000, ge=0)  # how long a request may wait for others to join its batch
+    # cpu: `vlm` keeps the vision tower's output per image (LRU within this many MiB) and reuses it for
+    # a later row showing the same pixels: `reference` describes and reads every crop, two rows per
+    # crop. Tokens unchanged (tests/test_shared_lora.py); 0: off. gpu: TensorRT-LLM's own.
+    vision_cache_mb: float = Field(256, ge=0)
     # The dtype `reasoner` and `vlm` weights are saved in. auto: the base checkpoint's own (config.json
     # `torch_dtype`/`dtype`: bfloat16 for Qwen2-VL releases), except that the gpu profile never
     # saves float32: TensorRT-LLM's Qwen2-VL runs its vision tower with flash-attention in the

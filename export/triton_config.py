@@ -95,7 +95,7 @@ class GpuOptions:
 # (docs/gpu-stack-notes.md section 5; any other key fails the model load).
 TRT_PROFILE_KEYS = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
 # The cpu engine's knobs in the VLM configs: the TensorRT-LLM model has no use for them.
-TRANSFORMERS_KNOBS = ("max_padding", "threads")
+TRANSFORMERS_KNOBS = ("max_padding", "threads", "vision_cache_mb")
 
 
 def trt_cache_path(name: str) -> str:

@@ -116,7 +116,7 @@ class TransformersVlm:
         threads: int = 0,
         max_padding: int = 512,
         adapters: Mapping[str, Path] | None = None,
-        vision_cache: int = 0,
+        vision_cache_mb: float = 0,
     ) -> None:
         self.max_padding = max_padding
         if threads > 0:
@@ -127,10 +127,11 @@ class TransformersVlm:
         self.adapters = tuple(adapters or ())
         self.model = with_adapters(base, adapters or {})
         # The vision tower's output per image, reused by later rows showing the same image (the REASONER
-        # and the GUESSER see the same photo); only while no adapter changes the vision tower.
+        # and the GUESSER see the same photo; `reference` describes and reads every crop); only while no
+        # adapter changes the vision tower.
         self.vision_cache = (
-            VisionCache(base.model, vision_cache)
-            if vision_cache > 0 and not adapted_vision(self.model)
+            VisionCache(base.model, int(vision_cache_mb * 2**20))
+            if vision_cache_mb > 0 and not adapted_vision(self.model)
             else None
         )
         config = base.config
@@ -348,7 +349,8 @@ def adapted_vision(model: torch.nn.Module) -> bool:
 
 
 class VisionCache:
-    """One vision pass per image: the vision tower's output per image, LRU, keyed by the image's pixels.
+    """One vision pass per image: the vision tower's output per image, LRU within `capacity_bytes`,
+    keyed by the image's pixels (an entry is the image's tokens x hidden size: a few MiB at 7B).
 
     Installed over the Qwen2-VL model's `get_image_features` (the one call its forward makes for
     images). A batch's images are split by their patch grids; images seen before (or twice in the
@@ -358,10 +360,11 @@ class VisionCache:
     no adapter changes the vision tower (`adapted_vision`; the engine installs no cache then).
     """
 
-    def __init__(self, model: torch.nn.Module, entries: int) -> None:
+    def __init__(self, model: torch.nn.Module, capacity_bytes: int) -> None:
         self._compute = model.get_image_features
         self._entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-        self.capacity = entries
+        self.capacity_bytes = capacity_bytes
+        self.size_bytes = 0
         self.hits = 0
         self.misses = 0
         model.get_image_features = self  # the instance attribute shadows the method
@@ -383,10 +386,11 @@ class VisionCache:
         features = [computed.get(key, self._entries.get(key)) for key in keys]
         for key, value in computed.items():
             self._entries[key] = value
+            self.size_bytes += value.nbytes
         for key in keys:
             self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        while self.size_bytes > self.capacity_bytes:
+            self.size_bytes -= self._entries.popitem(last=False)[1].nbytes
         return BaseModelOutputWithPooling(pooler_output=tuple(features))
 
 

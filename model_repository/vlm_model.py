@@ -64,9 +64,12 @@ class TritonPythonModel:
         weights = backend.version_dir(args) / params.get("weights", "weights")
         threads, max_padding = int(params.get("threads", "0")), int(params.get("max_padding", "512"))
         adapters = adapter_folders(backend.version_dir(args), params)
-        vision_cache = int(params.get("vision_cache", "0"))
         self.engine: VlmEngine = TransformersVlm(
-            weights, threads=threads, max_padding=max_padding, adapters=adapters, vision_cache=vision_cache
+            weights,
+            threads=threads,
+            max_padding=max_padding,
+            adapters=adapters,
+            vision_cache_mb=float(params.get("vision_cache_mb", "0")),
         )
 
     def execute(self, requests: list[Any]) -> list[Any] | None:

@@ -90,6 +90,8 @@ def test_cpu_configs_parse_and_match_the_contract(model_repository: Path):
         contract.DETECTOR_PROMPT_SCORES,
     }
     assert outputs[contract.DETECTOR_LABELS].data_type == mc.TYPE_INT64
+    vlm = parse(model_repository / contract.VLM / "config.pbtxt")  # the spec's default, not the source's 0
+    assert vlm.parameters["vision_cache_mb"].string_value == "256"
 
 
 def test_gpu_configs_parse_with_tritons_schema(gpu_repository: Path, model_repository: Path):

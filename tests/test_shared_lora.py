@@ -28,7 +28,7 @@ from navig.export.samples import SAMPLES_DIR, Sample
 from navig.export.spec import ExportSpec, load_spec
 from navig.export.vlm import parity_images
 from navig.model_repository import contract
-from navig.model_repository.vlm_engine import TransformersVlm
+from navig.model_repository.vlm_engine import TransformersVlm, VisionCache
 from navig.orchestrator import prompts
 from navig.orchestrator.api import geolocator_pb2 as pb
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
@@ -205,9 +205,11 @@ def test_geolocator_runs_end_to_end_on_the_shared_base(
 # --- one vision pass per photo ---------------------------------------------------------------------------
 
 
-def engine(repository: Path, adapter: Path, vision_cache: int) -> TransformersVlm:
+def engine(repository: Path, adapter: Path, vision_cache_mb: float) -> TransformersVlm:
     weights = repository / contract.VLM / "1" / "weights"
-    return TransformersVlm(weights, adapters={contract.REASONER_ADAPTER: adapter}, vision_cache=vision_cache)
+    return TransformersVlm(
+        weights, adapters={contract.REASONER_ADAPTER: adapter}, vision_cache_mb=vision_cache_mb
+    )
 
 
 def test_the_vision_cache_keeps_every_token_and_passes_each_photo_once(vlm_only: Path):
@@ -227,6 +229,37 @@ def test_the_vision_cache_keeps_every_token_and_passes_each_photo_once(vlm_only:
         got = cached.generate_batch(prompts_, images, budgets, schemas, None, adapters)
         assert [g.token_ids for g in got] == [w.token_ids for w in want]
     assert (cached.vision_cache.misses, cached.vision_cache.hits) == (2, 3)
+
+
+def test_the_vision_cache_keeps_within_its_bytes_least_recently_used_out():
+    """Entries are counted in bytes (a 7B photo's features are MiB): the oldest go first, and an
+    evicted image is computed again."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    class Tower(torch.nn.Module):
+        calls = 0
+
+        def get_image_features(self, pixel_values, image_grid_thw, **kwargs):  # one feature row per patch
+            Tower.calls += len(image_grid_thw)
+            sizes = [t * h * w for t, h, w in image_grid_thw.tolist()]
+            return BaseModelOutputWithPooling(
+                pooler_output=tuple(c * 2 for c in torch.split(pixel_values, sizes))
+            )
+
+    tower = Tower()
+    cache = VisionCache(tower, capacity_bytes=2 * 4 * 256 * 4)  # two images of 4 patches x 256 floats
+    grid = torch.tensor([[1, 2, 2]])
+    image = {name: torch.full((4, 256), float(i)) for i, name in enumerate("abc")}
+
+    def show(name: str) -> torch.Tensor:
+        return tower.get_image_features(image[name], grid).pooler_output[0]
+
+    for name in "abcbc":
+        assert torch.equal(show(name), image[name] * 2)
+    assert (Tower.calls, cache.hits, cache.size_bytes) == (3, 2, cache.capacity_bytes)
+    show("a")  # evicted by c: computed again, evicting b (c was used after b)
+    show("c")
+    assert (Tower.calls, cache.hits) == (4, 3)
 
 
 def test_no_vision_cache_when_the_adapter_changes_the_vision_tower(
