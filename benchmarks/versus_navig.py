@@ -10,7 +10,7 @@ On the same `--preset` checkpoints and the same sample photos, with the same new
 3. baseline: `benchmarks/navig_baseline`, NAVIG's calls in eager PyTorch, one photo at a time
    (it has no concurrency: its throughput is the same at every level).
 Every side warms up first (not timed: the baseline and the in-process side on one photo, each served
-mode on 4 requests and the counting pass); the in-process side and the baseline run in
+mode on 4 requests at concurrency 2); the in-process side and the baseline run in
 their own processes with OMP_WAIT_POLICY=PASSIVE (as the VLM stubs) and torch's default thread count
 (as the VLM stubs and the in-process side: `threads` 0).
 
@@ -23,10 +23,10 @@ generated tokens (where measurable), calls per model, CLIP and index reloads.
   `LocalModels`, the VLM engines' inputs and outputs for tokens), crops from the pipeline's
   `detector` evidence; the timed run itself is counted.
 - served: model calls from Triton's statistics (the difference around each photo, one photo at a
-  time, in a counting pass after the warm-up and before the timed levels), crops from the
-  response's `detector` evidence. Tokens are not measurable there: neither the response nor
-  Triton's statistics carry them. Each level also records its calls per photo from Triton's
-  statistics over the level.
+  time: the concurrency-1 level, whose wall time is its requests' own), crops from the response's
+  `detector` evidence. Tokens are not measurable there: neither the response nor Triton's
+  statistics carry them. Each level also records its calls per photo from Triton's statistics over
+  the level.
 Writes build/bench/versus_navig.json (with the machine description).
 Run: `python -m benchmarks.versus_navig --preset small` (part of `make bench`).
 """
@@ -42,11 +42,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import grpc
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -54,8 +53,7 @@ from rich.table import Table
 from benchmarks import cpu_time
 from benchmarks.in_process import latency_summary
 from benchmarks.presets import prepare
-from navig.client.geolocator import MAX_MESSAGE_BYTES
-from navig.client.profile.load import Budget, GeolocatorTarget, Level, run_level
+from navig.client.profile.load import Budget, GeolocatorTarget, Level, Sample, run_level
 from navig.client.profile.machine import machine
 from navig.client.profile.report import summarise
 from navig.client.profile.triton_stats import difference, settled_snapshot
@@ -64,7 +62,6 @@ from navig.export.samples import SAMPLES_DIR, load_samples
 from navig.model_repository import contract
 from navig.orchestrator import wire
 from navig.orchestrator.api import geolocator_pb2 as pb
-from navig.orchestrator.api import geolocator_pb2_grpc as pb_grpc
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 from navig.orchestrator.server import OrchestratorThread
 from navig.orchestrator.settings import Settings, load_settings
@@ -125,32 +122,56 @@ def work_summary(per_photo: list[dict[str, Any]], source: str) -> dict[str, Any]
 # -- served ----------------------------------------------------------------------------------------
 
 
-async def served_work(address: str, triton_url: str, images: list[bytes], options: pb.LocateOptions) -> dict:
+def level_entry(
+    concurrency: int, samples: list[Sample], seconds: float, models: dict, cpu: dict[str, float]
+) -> dict[str, Any]:
+    """One served level's figures (`seconds`: the wall time its requests were in flight)."""
+    summary = summarise(Level(concurrency=concurrency), samples, seconds, models)
+    ok = [s.latency_ms for s in samples if s.status == "OK"]
+    return {
+        "concurrency": concurrency,
+        "errors": summary["errors"],
+        "stages_ms": summary["stages_ms"],
+        "triton_models": models,
+        "calls_per_photo": {m: s["requests"] / max(len(samples), 1) for m, s in models.items()},
+        "cpu_s_per_photo": cpu,
+        "cpu_utilisation": cpu_time.utilisation(cpu, len(samples), seconds),
+        **latency_summary(ok, seconds),
+    }
+
+
+async def counted_pass(
+    target: GeolocatorTarget,
+    answers: dict[int, pb.LocateResponse],
+    triton_url: str,
+    cpu_now: Callable[[], Counter[str]],
+) -> tuple[dict, dict]:
     """Each photo once, alone: the Triton calls it caused (statistics before and after, settled) and
-    the crops its response reports (`detector` evidence, one per crop the SEARCHER cut)."""
-    limits = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
-    per_photo, countries, cut = [], [], []
-    async with grpc.aio.insecure_channel(address, options=limits) as channel:
-        stub = pb_grpc.GeolocatorStub(channel)
-        for image in images:
-            before = await asyncio.to_thread(settled_snapshot, triton_url)
-            response = await stub.Locate(pb.LocateRequest(image=image, options=options), timeout=3600)
-            after = await asyncio.to_thread(settled_snapshot, triton_url)
-            calls = {model: int(s["requests"]) for model, s in difference(before, after).items()}
-            crops = [e.result for e in response.evidence if e.tool == "detector"]  # Crop.where, in order
-            per_photo.append(photo_work(len(crops), calls))
-            countries.append(response.location.country_code or None)
-            cut.append(crops)
+    the crops its response reports (`detector` evidence, one per crop the SEARCHER cut). Timed, it is
+    also the concurrency-1 level: its wall time is its requests' own, the settling between them left
+    out. `target` puts each answer into `answers`."""
+    samples, calls = [], []
+    first, cpu_before = await asyncio.to_thread(settled_snapshot, triton_url), cpu_now()
+    before = first
+    for n in range(len(target.images)):
+        samples.append(await target(n))
+        after = await asyncio.to_thread(settled_snapshot, triton_url)
+        calls.append({model: int(s["requests"]) for model, s in difference(before, after).items()})
+        before = after
+    cpu = cpu_time.spent(cpu_before, cpu_now(), len(samples))
+    level = level_entry(1, samples, sum(s.latency_ms for s in samples) / 1e3, difference(first, before), cpu)
+    missing = pb.LocateResponse()  # a failed request: no crops, no answer
+    responses = [answers.get(n, missing) for n in range(len(samples))]
+    # each photo's crops (Crop.where, in order) and answer, for the comparisons
+    crops = [[e.result for e in r.evidence if e.tool == "detector"] for r in responses]
+    countries = [r.location.country_code or None for r in responses]
     work = work_summary(
-        per_photo,
+        [photo_work(len(cut), photo_calls) for cut, photo_calls in zip(crops, calls, strict=True)],
         "model calls: Triton's statistics around each photo (ocr_det/ocr_rec are called by the `ocr` "
         "model through BLS); crops: the response's detector evidence; tokens: not measurable; "
         "reloads: none (CLIP and the guidebook index are loaded once at start)",
     )
-    return work | {"countries": countries, "crops": cut}  # each photo's answer and crops, for comparisons
+    return level, work | {"countries": countries, "crops": crops}
 
 
 def requests_at(concurrency: int, images: int) -> int:
@@ -168,7 +189,7 @@ def served(
     console: Console,
 ) -> dict[str, tuple[list[dict], dict]]:
     """Each pipeline mode (`reference`: NAVIG's calls; `fast`: the product's) on one Triton and one
-    Geolocator, one after the other: (levels, work) by mode."""
+    Geolocator, one after the other: (levels, work) by mode. Concurrency 1 is the counting pass."""
     config = TritonConfig(repository, ports=TritonPorts.free())
     with console.status("starting Triton and the Geolocator..."), EmbeddedTriton(config) as triton:
         settings = settings.model_copy(update={"triton_url": triton.grpc_url})
@@ -177,15 +198,18 @@ def served(
 
             async def sweep(mode: str) -> tuple[list[dict], dict]:
                 options = pb.LocateOptions(max_new_tokens=tokens, pipeline=wire.PIPELINES[mode])
-                out = []
-                async with GeolocatorTarget(server.address, images, options, False, 3600) as target:
-                    await run_level(
-                        target, Level(concurrency=2), Budget(requests=4), lambda _: None
-                    )  # warm-up
-                    task = progress.add_task(f"served {mode}, counting the work of each photo", total=None)
-                    work = await served_work(server.address, triton.grpc_url, images, options)
+                answers: dict[int, pb.LocateResponse] = {}
+                keep = answers.__setitem__
+                async with GeolocatorTarget(server.address, images, options, False, 3600, keep) as target:
+                    warm_up = Budget(requests=4)
+                    await run_level(target, Level(concurrency=2), warm_up, lambda _: None)
+                    answers.clear()
+                    task = progress.add_task(f"served {mode}, each photo alone, its work counted", total=None)
+                    counted, work = await counted_pass(target, answers, triton.grpc_url, cpu_now)
+                    target.on_result = None
                     progress.remove_task(task)
-                    for c in levels:
+                    out = [counted] if 1 in levels else []
+                    for c in (c for c in levels if c != 1):
                         total = requests_at(c, len(images))
                         task = progress.add_task(f"served {mode}, concurrency {c}", total=total)
                         before = settled_snapshot(triton.grpc_url)
@@ -200,22 +224,7 @@ def served(
                         seconds = time.perf_counter() - started
                         cpu = cpu_time.spent(cpu_before, cpu_now(), len(samples))
                         models = difference(before, settled_snapshot(triton.grpc_url))
-                        summary = summarise(Level(concurrency=c), samples, seconds, models)
-                        ok = [s.latency_ms for s in samples if s.status == "OK"]
-                        out.append(
-                            {
-                                "concurrency": c,
-                                "errors": summary["errors"],
-                                "stages_ms": summary["stages_ms"],
-                                "triton_models": models,
-                                "calls_per_photo": {
-                                    m: s["requests"] / max(len(samples), 1) for m, s in models.items()
-                                },
-                                "cpu_s_per_photo": cpu,
-                                "cpu_utilisation": cpu_time.utilisation(cpu, len(samples), seconds),
-                                **latency_summary(ok, summary["duration_s"]),
-                            }
-                        )
+                        out.append(level_entry(c, samples, seconds, models, cpu))
                 return out, work
 
             return {mode: asyncio.run(sweep(mode)) for mode in wire.PIPELINES}

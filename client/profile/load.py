@@ -112,10 +112,16 @@ class GeolocatorTarget:
     """Requests to a Geolocator service: `Locate`, or `LocateStream` to see the first event's delay."""
 
     def __init__(
-        self, address: str, images: Sequence[bytes], options: pb.LocateOptions, stream: bool, timeout_s: float
+        self,
+        address: str,
+        images: Sequence[bytes],
+        options: pb.LocateOptions,
+        stream: bool,
+        timeout_s: float,
+        on_result: Callable[[int, pb.LocateResponse], None] | None = None,  # each answer, by request number
     ) -> None:
         self.address, self.images, self.options = address, list(images), options
-        self.stream, self.timeout_s = stream, timeout_s
+        self.stream, self.timeout_s, self.on_result = stream, timeout_s, on_result
         self._channel: grpc.aio.Channel | None = None
 
     async def __aenter__(self) -> GeolocatorTarget:
@@ -160,6 +166,8 @@ class GeolocatorTarget:
         except RuntimeError as exc:
             return Sample(started, (time.perf_counter() - started) * 1e3, "INCOMPLETE", ttfe, error=str(exc))
         latency = (time.perf_counter() - started) * 1e3
+        if self.on_result is not None:
+            self.on_result(n, result)
         stages: dict[str, float] = {}
         for timing in result.timings:
             stages[timing.stage] = stages.get(timing.stage, 0.0) + timing.duration_ms
