@@ -159,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
     parser.add_argument("--photos", type=int, default=6, help="distinct sample photos")
-    parser.add_argument("--repeats", type=int, default=4, help="times each photo is asked")
+    parser.add_argument("--repeats", type=int, default=3, help="times each photo is asked")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32, help="per VLM generation")
     parser.add_argument("--triton-cache-mb", type=int, default=256, help="Triton's response cache size")

@@ -257,7 +257,7 @@ def main() -> None:
     parser.add_argument(
         "--iou", type=float, default=0.5, help="IoU at which two boxes are the same detection"
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root", type=Path, default=Path("build/bench"))
     args = parser.parse_args()

@@ -6,8 +6,8 @@ scale) and their model repository, built once into build/bench/ (`benchmarks.pre
 each encoder three ways on the same inputs: the served model through the embedded Triton (gRPC on
 loopback, python backend), the exported graph on ONNX Runtime in-process, and PyTorch eager, with
 the same thread count. Medians of `--repeats` runs after a warm-up. The int8 variants (export spec
-`precision: int8`, export/quantize.py) are exported once more into build/bench/repository-<preset>-int8
-and timed beside fp32 the same two ways, with the parity figures their export gate measured.
+`precision: int8`, export/quantize.py: the same fp32 graphs quantized behind their parity gates, into
+build/bench/repository-<preset>-int8) are timed beside fp32 the same two ways, with their gate figures.
 Run: `make bench`, or `python -m benchmarks.encoders --preset small`.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -24,16 +25,17 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from rich.console import Console
-from rich.progress import Progress, track
+from rich.progress import track
 from rich.table import Table
 
 from benchmarks.presets import prepare
 from navig.client.profile.machine import machine
-from navig.export.build import build, reuse
 from navig.export.cli import quiet_transformers
 from navig.export.demo_checkpoints import SPEC_FILE
+from navig.export.quantize import quantize_artifact
+from navig.export.report import ArtifactReport
 from navig.export.repository import REPORT_FILE
-from navig.export.spec import ExportSpec, load_spec
+from navig.export.spec import load_spec
 from navig.model_repository import contract
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 
@@ -100,24 +102,28 @@ def encoders(checkpoints: Path, repository: Path, threads: int) -> dict[str, tup
     }
 
 
-def int8_spec(checkpoints: Path, output: Path) -> ExportSpec:
-    """The preset's encoders with `precision: int8` (OCR, VLMs and the reference detector are not timed)."""
-    spec = load_spec(checkpoints / SPEC_FILE)
-    detector = spec.detector.model_copy(update={"precision": "int8", "reference_image_size": None})
-    clip = spec.clip.model_copy(update={"precision": "int8"})
-    return spec.model_copy(
-        update={"output": output, "ocr": None, "vlm": None, "detector": detector, "clip": clip}
-    )
-
-
-def prepare_int8(checkpoints: Path, output: Path, console: Console) -> tuple[Path, dict[str, dict]]:
-    """The int8 repository, exported once (reused while its export inputs match), and its gate figures."""
-    spec = int8_spec(checkpoints, output)
-    if reuse(spec) is None:
-        with Progress(console=console, transient=True) as progress:
-            build(spec, progress)
-    report = json.loads((output / REPORT_FILE).read_text())
-    return output, {a["model"]: a["gate"] for a in report["artifacts"] if a.get("gate")}
+def prepare_int8(repository: Path, output: Path, console: Console) -> tuple[Path, dict[str, dict]]:
+    """The int8 encoders and their gate figures: `repository`'s fp32 `detector` and `clip_image` copied
+    into `output` and quantized behind their gates, as `precision: int8` does after its fp32 export
+    (export/quantize.py; tests/test_export_quantize.py runs that export), without exporting the same
+    graphs again. Reused while `repository`'s export inputs are unchanged."""
+    report = json.loads((repository / REPORT_FILE).read_text())
+    stamp = output / "int8_gates.json"
+    if (
+        stamp.is_file()
+        and (done := json.loads(stamp.read_text()))["fp32_inputs_sha256"] == report["inputs_sha256"]
+    ):
+        return output, done["gates"]
+    shutil.rmtree(output, ignore_errors=True)
+    gates = {}
+    for artifact in (a for a in report["artifacts"] if a["model"] in INT8_MODELS.values()):
+        model = artifact["model"]
+        with console.status(f"{model}: int8, behind its parity gate..."):
+            shutil.copytree(repository / model, output / model)
+            fp32 = ArtifactReport(**{**artifact, "path": output / model / "1" / Path(artifact["path"]).name})
+            gates[model] = quantize_artifact(fp32).gate
+    stamp.write_text(json.dumps({"fp32_inputs_sha256": report["inputs_sha256"], "gates": gates}))
+    return output, gates
 
 
 def int8_sessions(repository: Path, threads: int) -> dict[str, Callable[[int], object]]:
@@ -228,7 +234,7 @@ def main() -> None:
                     }
                 )
     del pairs  # the in-process models give the cores back to Triton
-    int8_repository, gates = prepare_int8(checkpoints, args.root / f"repository-{args.preset}-int8", console)
+    int8_repository, gates = prepare_int8(repository, args.root / f"repository-{args.preset}-int8", console)
     eager = {(r["encoder"], r["batch"]): r["eager_ms"] for r in results}
     int8_rows = []
     for name, run in track(

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from benchmarks import cpu_time
 from navig.export.cli import quiet_transformers
@@ -45,6 +47,13 @@ from navig.orchestrator.settings import Settings, load_settings
 ONNX_MODELS = (contract.DETECTOR, contract.CLIP_IMAGE, contract.OCR_DET, contract.OCR_REC)
 
 
+def vision_cache_mb(repository: Path, model: str) -> float:
+    """The model's `vision_cache_mb` as its config.pbtxt gives it to the served engine (0: none)."""
+    config = text_format.Parse((repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
+    parameter = config.parameters.get("vision_cache_mb")
+    return float(parameter.string_value) if parameter is not None else 0.0
+
+
 class LocalModels:
     def __init__(self, repository: Path, threads: int = 0) -> None:
         options = ort.SessionOptions()
@@ -57,7 +66,11 @@ class LocalModels:
         characters = (repository / contract.OCR / "1" / "characters.txt").read_text(encoding="utf-8")
         self.ocr = OcrPipeline(characters.splitlines(), OcrSettings())
         self.vlms = {
-            name: BatchingVlm(TransformersVlm(repository / name / "1" / "weights"))
+            name: BatchingVlm(
+                TransformersVlm(
+                    repository / name / "1" / "weights", vision_cache_mb=vision_cache_mb(repository, name)
+                )
+            )
             for name in contract.VLM_MODELS
         }
         self.locks = {name: asyncio.Lock() for name in (*ONNX_MODELS, contract.OCR)}

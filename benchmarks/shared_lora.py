@@ -5,9 +5,10 @@ Two VLM-only repositories of the same `--preset` checkpoints, each served by the
 and `adapter` (`vlm` with the REASONER adapter beside its base, one process; `vlm.reasoner: adapter`).
 For each:
 
-- agreement: the REASONER's tokens on every sample photo (as the Geolocator sends it: downscaled to
-  640 px), adapter vs merged: the share of photos with identical tokens, and where the first
-  difference falls on the others (merged and unmerged LoRA differ by float rounding only);
+- agreement: the REASONER's tokens on the first `--agreement-photos` sample photos (as the
+  Geolocator sends them: downscaled to 640 px), adapter vs merged: the share of photos with
+  identical tokens, and where the first difference falls on the others (merged and unmerged LoRA
+  differ by float rounding only);
 - throughput at `--concurrency` (16) of a mixed load like the Geolocator's: per REASONER call three
   base calls with images (two describer crops, one GUESSER with its JSON schema), `--requests` calls
   in all, tokens and calls per second;
@@ -144,7 +145,8 @@ def measure(
         load = mixed_load(photos, args.requests, args.max_tokens)
         for call in load[:4]:  # warm-up: each kind once
             call(caller)
-        task = progress.add_task(f"{variant}: REASONER on {len(photos)} photos", total=len(photos))
+        checked = photos[: args.agreement_photos]
+        task = progress.add_task(f"{variant}: REASONER on {len(checked)} photos", total=len(checked))
         with ThreadPoolExecutor(args.concurrency) as pool:
 
             def reason(photo: np.ndarray) -> list[int]:
@@ -152,7 +154,7 @@ def measure(
                 progress.advance(task)
                 return ids
 
-            reasoning = list(pool.map(reason, photos))
+            reasoning = list(pool.map(reason, checked))
             task = progress.add_task(f"{variant}: mixed load, c={args.concurrency}", total=len(load))
 
             def run(call: Callable[[Caller], list[int]]) -> int:
@@ -202,8 +204,9 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("build/bench"))
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
-        "--requests", type=int, default=64, help="calls in the mixed load (1 REASONER : 3 base)"
+        "--requests", type=int, default=32, help="calls in the mixed load (1 REASONER : 3 base)"
     )
+    parser.add_argument("--agreement-photos", type=int, default=16, help="photos of the REASONER check")
     parser.add_argument("--max-tokens", type=int, default=32, help="free-text budget in the mixed load")
     parser.add_argument("--reasoner-tokens", type=int, default=64, help="budget of the agreement check")
     args = parser.parse_args()

@@ -10,7 +10,7 @@ On the same `--preset` checkpoints and the same sample photos, with the same new
 3. baseline: `benchmarks/navig_baseline`, NAVIG's calls in eager PyTorch, one photo at a time
    (it has no concurrency: its throughput is the same at every level).
 Every side warms up first (not timed: the baseline and the in-process side on one photo, each served
-mode on 4 requests at concurrency 2); the in-process side and the baseline run in
+mode on 2 requests at concurrency 2); the in-process side and the baseline run in
 their own processes with OMP_WAIT_POLICY=PASSIVE (as the VLM stubs) and torch's default thread count
 (as the VLM stubs and the in-process side: `threads` 0).
 
@@ -201,7 +201,7 @@ def served(
                 answers: dict[int, pb.LocateResponse] = {}
                 keep = answers.__setitem__
                 async with GeolocatorTarget(server.address, images, options, False, 3600, keep) as target:
-                    warm_up = Budget(requests=4)
+                    warm_up = Budget(requests=2)  # one round: every model's first calls
                     await run_level(target, Level(concurrency=2), warm_up, lambda _: None)
                     answers.clear()
                     task = progress.add_task(f"served {mode}, each photo alone, its work counted", total=None)

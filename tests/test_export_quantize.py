@@ -13,7 +13,6 @@ import pytest
 import tritonclient.grpc as grpcclient
 from rich.progress import Progress
 
-from benchmarks.encoders import int8_spec
 from navig.export.build import build
 from navig.export.clip import export_clip
 from navig.export.demo_checkpoints import SPEC_FILE
@@ -26,11 +25,21 @@ from navig.export.quantize import (
     sample_photos,
 )
 from navig.export.repository import REPORT_FILE
-from navig.export.spec import load_spec
+from navig.export.spec import ExportSpec, load_spec
 from navig.model_repository import contract
 from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 
 INT8_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"}
+
+
+def int8_spec(checkpoints: Path, output: Path) -> ExportSpec:
+    """The preset's encoders with `precision: int8` (OCR, VLMs and the reference detector left out)."""
+    spec = load_spec(checkpoints / SPEC_FILE)
+    detector = spec.detector.model_copy(update={"precision": "int8", "reference_image_size": None})
+    clip = spec.clip.model_copy(update={"precision": "int8"})
+    return spec.model_copy(
+        update={"output": output, "ocr": None, "vlm": None, "detector": detector, "clip": clip}
+    )
 
 
 @pytest.fixture(scope="module")
