@@ -140,7 +140,9 @@ def test_every_tool_adds_its_evidence_and_findings():
     found, evidence, stages, metrics = search(models)
     assert found.lines == ["Köln 3 km"] and found.places == [KOELN] and found.guide_hits == [CLUE]
     assert (found.language, found.country_prior) == ("German", {"DE": 0.7, "AT": 0.2})
-    assert found.evidence == evidence and not found.degraded
+    # streamed as each tool finds it; answered in a fixed order: the detector's, then by evidence rank
+    ranked = ["detector", "map", "ocr", "language", "guidebook", "describer"]
+    assert found.evidence == sorted(evidence, key=lambda e: ranked.index(e.tool)) and not found.degraded
     by_tool: dict[str, list[Evidence]] = {}
     for e in evidence:
         by_tool.setdefault(e.tool, []).append(e)

@@ -140,6 +140,10 @@ class Searcher:
                         finished[tool.name] = tasks.create_task(self._run(tool, needs, search, timeline))
         except BaseExceptionGroup as group:
             raise first_error(group) from None
+        # tools finish in an order that varies run to run: the answer lists their evidence in a fixed
+        # one (the detector's crops, then by rank; each tool's own in the order it recorded it)
+        rank = {name: k for k, name in enumerate(["detector", *self.evidence_order()])}
+        search.found.evidence.sort(key=lambda e: rank.get(e.tool, len(rank)))
         return search.found
 
     async def _run(
