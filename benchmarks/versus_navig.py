@@ -384,22 +384,23 @@ def agreement(fast: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]
     }
 
 
+def crop_of(where: str) -> tuple[str, list[int]]:
+    """A recorded crop (`Crop.where`: "label at [x0, y0, x1, y1]") as its label and box."""
+    label, box = where.split(" at ")
+    return label, json.loads(box)
+
+
 def same_crops(reference: list[list[str]], baseline: list[list[str]]) -> dict[str, Any]:
     """Whether served `reference` and the baseline cut the same crops, photo by photo: identical lists
     (label, box and order), and crops matched by label with boxes within `tolerance_px` on every side
     (the two detectors resize the photo with different resamplers, so boxes can move by a pixel or
     scores cross the threshold). The counts beside the times are only the same work if these agree."""
     tolerance_px = 4
-
-    def parse(where: str) -> tuple[str, list[int]]:
-        label, box = where.split(" at ")
-        return label, json.loads(box)
-
     photos = []
     for served_crops, baseline_crops in zip(reference, baseline, strict=True):
-        left = [parse(w) for w in baseline_crops]
+        left = [crop_of(w) for w in baseline_crops]
         matched = 0
-        for label, box in map(parse, served_crops):
+        for label, box in map(crop_of, served_crops):
             near = next(
                 (
                     c

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from benchmarks.presets import prepare
+from benchmarks.versus_navig import crop_of
 from navig.client.profile.machine import machine
 from navig.export.cli import quiet_transformers
 from navig.export.samples import SAMPLES_DIR, load_samples
@@ -46,8 +47,7 @@ def reference_rows(versus: dict[str, Any], photos: int) -> Rows:
         photo = images.decode_image(data, s.max_image_bytes, s.max_image_pixels, s.min_image_side)
         views = []
         for where in crops:
-            label, box = where.split(" at ")
-            x0, y0, x1, y1 = json.loads(box)
+            label, (x0, y0, x1, y1) = crop_of(where)
             pixels = images.jpeg_round_trip(photo[y0:y1, x0:x1])
             views.append((label, fit_for_vlm(pixels, settings.vlm_image_max_side, settings.min_image_side)))
         rows += [(prompts.DESCRIBE[label], view) for label, view in views]
