@@ -7,16 +7,18 @@ shared preset repository (`benchmarks.presets`) into `repository-<preset>-detect
 single-pass one exported beside it into `repository-<preset>-detector-single-pass/` (reused while its
 inputs are unchanged).
 
-Agreement: every sample photo, as the orchestrator sends it (`downscale` to DETECTOR_MAX_SIDE), through
-both graphs on ONNX Runtime. The detections kept are those the fast pipeline keeps (score >=
-the orchestrator's default `box_threshold`). The per-prompt detections are the reference. A single-pass
-detection matches one of them when it has the same label and IoU >= `--iou`, each used once, greedily
-in score order (COCO's rule). Precision, recall and F1 are per prompt and overall. The demo checkpoints
-are random-initialised, so these figures test the mechanics (same boxes from the same checkpoint?),
-not what real GroundingDINO weights would agree on.
+Agreement: the first `--samples` sample photos, as the orchestrator sends them (`downscale` to
+DETECTOR_MAX_SIDE), through both graphs on ONNX Runtime. The detections kept are those the fast
+pipeline keeps (score >= the orchestrator's default `box_threshold`). The per-prompt detections are
+the reference. A single-pass detection matches one of them when it has the same label and IoU >=
+`--iou`, each used once, greedily in score order (COCO's rule). Precision, recall and F1 are per
+prompt and overall. The demo checkpoints are random-initialised, so these figures test the mechanics
+(same boxes from the same checkpoint?), not what real GroundingDINO weights would agree on.
 
-Time: median ms per call, batch 1 and 8, ONNX Runtime in-process and served by the embedded Triton (gRPC,
-python backend, one model loaded). Writes build/bench/detector_single_pass.json (with the machine).
+Time: median ms per call on ONNX Runtime in-process, batch 1 (`--repeats` calls) and 8 (every batch of
+the agreement run): the two graphs' compute on the same inputs and threads. Served, each graph adds the
+same gRPC and python-backend cost (benchmarks.encoders times the per-prompt graph served, beside it).
+Writes build/bench/detector_single_pass.json (with the machine).
 Run: `python -m benchmarks.detector_single_pass --preset small`.
 """
 
@@ -57,7 +59,6 @@ from navig.export.repository import place_model_folder
 from navig.export.samples import SAMPLES_DIR, load_samples
 from navig.export.spec import load_spec
 from navig.model_repository import contract
-from navig.orchestrator.embedded_triton import EmbeddedTriton, TritonConfig, TritonPorts
 from navig.orchestrator.images import downscale
 from navig.orchestrator.settings import Settings
 
@@ -115,10 +116,10 @@ def single_pass_repository(checkpoints: Path, root: Path, preset: str, console: 
     return repository
 
 
-def sample_photos() -> list[np.ndarray]:
-    """The samples as the orchestrator sends them to `detector` (its `view` of each photo)."""
+def sample_photos(count: int) -> list[np.ndarray]:
+    """The first `count` samples as the orchestrator sends them to `detector` (its `view` of each photo)."""
     photos = []
-    for sample in load_samples(SAMPLES_DIR):
+    for sample in load_samples(SAMPLES_DIR)[:count]:
         pixels = np.asarray(Image.open(SAMPLES_DIR / sample.file).convert("RGB"))
         photos.append(downscale(pixels, contract.DETECTOR_MAX_SIDE, 1))
     return photos
@@ -229,35 +230,14 @@ def in_process(
     return {"ort_ms": {1: batch_1, 8: statistics.median(full) * 1e3 if full else None}}, detections
 
 
-def served_ms(
-    repository: Path, photos: np.ndarray, repeats: int, console: Console
-) -> tuple[dict[int, float], str]:
-    """Median ms per `detector` call through the embedded Triton, per batch; the variant its config states."""
-    import tritonclient.grpc as triton_grpc
-
-    extra = ("--model-control-mode=explicit", f"--load-model={contract.DETECTOR}")
-    config = TritonConfig(repository, ports=TritonPorts.free(), extra_args=extra)
-    with console.status(f"starting Triton on {repository.name}..."), EmbeddedTriton(config) as triton:
-        client = triton_grpc.InferenceServerClient(triton.grpc_url)
-        parameters = client.get_model_config(contract.DETECTOR, as_json=True)["config"].get("parameters", {})
-        variant = parameters.get(VARIANT_KEY, {}).get("string_value", PER_PROMPT)
-
-        def call(batch: int) -> object:
-            tensor = triton_grpc.InferInput(contract.DETECTOR_IMAGES, list(photos[:batch].shape), "UINT8")
-            tensor.set_data_from_numpy(photos[:batch])
-            return client.infer(contract.DETECTOR, [tensor])
-
-        timings = {b: median_ms(lambda: call(b), repeats) for b in track(BATCHES, description="served")}  # noqa: B023
-    return timings, variant
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small", choices=["tiny", "small"])
     parser.add_argument(
         "--iou", type=float, default=0.5, help="IoU at which two boxes are the same detection"
     )
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="batch-1 calls timed")
+    parser.add_argument("--samples", type=int, default=24, help="sample photos of the agreement (of 53)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root", type=Path, default=Path("build/bench"))
     args = parser.parse_args()
@@ -269,7 +249,7 @@ def main() -> None:
         SINGLE_PASS: single_pass_repository(checkpoints, args.root, args.preset, console),
     }
     box_threshold = Settings.model_fields["box_threshold"].default
-    photos = sample_photos()
+    photos = sample_photos(args.samples)
     results: dict[str, dict] = {}
     detections: dict[str, list[Detections]] = {}
     for name, repository in repositories.items():
@@ -295,12 +275,6 @@ def main() -> None:
             "GroundingDINO weights would agree"
         ),
     }
-    out.write_text(json.dumps(record, indent=2) + "\n")  # the served timings follow
-    stacked = np.stack([p for p in photos if p.shape == photos[0].shape][:8])
-    for name, repository in repositories.items():
-        results[name]["served_ms"], results[name]["served_variant"] = served_ms(
-            repository, stacked, args.repeats, console
-        )
     out.write_text(json.dumps(record, indent=2) + "\n")
     show(console, args, results, agree, box_threshold, len(photos))
     verdict = "could become the default" if record["default_on"] else "stays off by default"
@@ -329,14 +303,12 @@ def show(
         )
     console.print(table)
     timing = Table(title=f"{args.preset} preset, {args.threads} threads: median ms per call")
-    for column in ("variant", "batch", "ONNX Runtime", "Triton"):
+    for column in ("variant", "batch", "ONNX Runtime"):
         timing.add_column(column)
     for name, r in results.items():
         for batch in BATCHES:
             ort_ms = r["ort_ms"][batch]
-            timing.add_row(
-                name, str(batch), f"{ort_ms:.0f}" if ort_ms else "-", f"{r['served_ms'][batch]:.0f}"
-            )
+            timing.add_row(name, str(batch), f"{ort_ms:.0f}" if ort_ms else "-")
     console.print(timing)
 
 

@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument(
         "--requests", type=int, default=32, help="calls in the mixed load (1 REASONER : 3 base)"
     )
-    parser.add_argument("--agreement-photos", type=int, default=16, help="photos of the REASONER check")
+    parser.add_argument("--agreement-photos", type=int, default=8, help="photos of the REASONER check")
     parser.add_argument("--max-tokens", type=int, default=32, help="free-text budget in the mixed load")
     parser.add_argument("--reasoner-tokens", type=int, default=64, help="budget of the agreement check")
     args = parser.parse_args()

@@ -120,8 +120,8 @@ def levers(bench: Path, encoders: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "lines_vs_every_crop": ocr["photo_first"]["agreement_with_every_crop"],
         },
         "single-pass detector": {
-            "effect": timing["per_prompt"]["served_ms"]["8"] / timing["single_pass"]["served_ms"]["8"],
-            "figure": "served ms at batch 8, three passes / one",
+            "effect": timing["per_prompt"]["ort_ms"]["8"] / timing["single_pass"]["ort_ms"]["8"],
+            "figure": "ONNX Runtime ms at batch 8, three passes / one",
             "agreement_f1": single["agreement"]["overall"]["f1"],
         },
         "one base, two adapters": {

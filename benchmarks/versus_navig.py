@@ -9,8 +9,7 @@ On the same `--preset` checkpoints and the same sample photos, with the same new
    (`benchmarks/in_process.py`), one photo at a time: the compute on the critical path;
 3. baseline: `benchmarks/navig_baseline`, NAVIG's calls in eager PyTorch, one photo at a time
    (it has no concurrency: its throughput is the same at every level).
-Every side warms up first (not timed: the baseline and the in-process side on one photo, each served
-mode on 2 requests at concurrency 2); the in-process side and the baseline run in
+Every side warms up first on one photo, not timed; the in-process side and the baseline run in
 their own processes with OMP_WAIT_POLICY=PASSIVE (as the VLM stubs) and torch's default thread count
 (as the VLM stubs and the in-process side: `threads` 0).
 
@@ -201,8 +200,8 @@ def served(
                 answers: dict[int, pb.LocateResponse] = {}
                 keep = answers.__setitem__
                 async with GeolocatorTarget(server.address, images, options, False, 3600, keep) as target:
-                    warm_up = Budget(requests=2)  # one round: every model's first calls
-                    await run_level(target, Level(concurrency=2), warm_up, lambda _: None)
+                    warm_up = Budget(requests=1)  # one photo, as the other sides: every model's first calls
+                    await run_level(target, Level(concurrency=1), warm_up, lambda _: None)
                     answers.clear()
                     task = progress.add_task(f"served {mode}, each photo alone, its work counted", total=None)
                     counted, work = await counted_pass(target, answers, triton.grpc_url, cpu_now)
@@ -436,7 +435,7 @@ def same_crops(reference: list[list[str]], baseline: list[list[str]]) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small", choices=["tiny", "small"])
-    parser.add_argument("--images", type=int, default=6, help="sample photos, the same for every side")
+    parser.add_argument("--images", type=int, default=4, help="sample photos, the same for every side")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument(
         "--max-new-tokens", type=int, default=32, help="every generation of every side (NAVIG: 256)"

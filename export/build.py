@@ -8,9 +8,15 @@ build_plans.sh beside them (`gpu_deployment`). The export report stays at the ou
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import multiprocessing
+import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +46,14 @@ class Step:
     description: str
     models: tuple[str, ...]
     work: Callable[[], list[ArtifactReport]]
+    # Heavy and independent of the other steps: with `jobs` > 1 it runs in a worker process beside
+    # them (its `work` must pickle). Dynamo's ONNX export traces in Python, on one core.
+    aside: bool = False
+
+
+def default_jobs() -> int:
+    """Processes `build` uses: the two GroundingDINO exports are the long steps, one core each."""
+    return min(2, os.cpu_count() or 1)
 
 
 def repository_for(spec: ExportSpec, model: str) -> Path:
@@ -110,7 +124,8 @@ def plan(spec: ExportSpec) -> list[Step]:
                 Step(
                     "detector_reference: GroundingDINO at NAVIG's size, every query -> ONNX",
                     (contract.DETECTOR_REFERENCE,),
-                    lambda: _detector(spec, reference=True),
+                    functools.partial(_detector, spec, reference=True),
+                    aside=True,
                 )
             )
     if spec.clip:
@@ -126,7 +141,8 @@ def plan(spec: ExportSpec) -> list[Step]:
     return steps
 
 
-def build(spec: ExportSpec, progress: Progress) -> BuildResult:
+def build(spec: ExportSpec, progress: Progress, jobs: int | None = None) -> BuildResult:
+    """`jobs` (default `default_jobs()`): 1 runs every step in this process, one after the other."""
     check_inputs(spec)
     inputs = export_inputs(spec)
     spec.output.mkdir(parents=True, exist_ok=True)
@@ -134,11 +150,11 @@ def build(spec: ExportSpec, progress: Progress) -> BuildResult:
     remove_other_layout(spec)
     steps = plan(spec)
     overall = progress.add_task("export", total=len(steps) + 1)
+    done = run_steps(steps, jobs or default_jobs(), lambda s: progress.update(overall, description=s))
     reports: list[ArtifactReport] = []
     models: list[str] = []
-    for step in steps:
-        progress.update(overall, description=step.description)
-        reports.extend(quantized(spec, step.work()))  # spec `precision: int8`, behind its parity gate
+    for step, step_reports in zip(steps, done, strict=True):
+        reports.extend(quantized(spec, step_reports))  # spec `precision: int8`, behind its parity gate
         models.extend(step.models)
         progress.advance(overall)
     progress.update(overall, description=f"configs ({spec.profile} profile)")
@@ -155,6 +171,33 @@ def build(spec: ExportSpec, progress: Progress) -> BuildResult:
         inputs=inputs,
     )
     return result
+
+
+def run_steps(steps: list[Step], jobs: int, show: Callable[[str], object]) -> list[list[ArtifactReport]]:
+    """Each step's reports, in plan order. With `jobs` > 1 the `aside` steps run in worker processes
+    (spawned: no forked torch state) while this process runs the others; `show` names the step
+    this process works on or waits for."""
+    aside = [i for i, step in enumerate(steps) if step.aside] if jobs > 1 else []
+    done: dict[int, list[ArtifactReport]] = {}
+    with contextlib.ExitStack() as stack:
+        futures: dict[int, Future] = {}
+        if aside:
+            spawn = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(ProcessPoolExecutor(min(jobs - 1, len(aside)), mp_context=spawn))
+            futures = {i: pool.submit(steps[i].work) for i in aside}
+        for i, step in enumerate(steps):
+            if i not in futures:
+                show(step.description)
+                done[i] = step.work()
+        for i, future in futures.items():
+            show(f"{steps[i].description} (in a worker process)")
+            try:
+                done[i] = future.result()
+            except BrokenProcessPool as exc:
+                raise ExportError(
+                    f"{steps[i].description}: its worker process died ({exc}); export with --jobs 1"
+                ) from exc
+    return [done[i] for i in range(len(steps))]
 
 
 def reuse(spec: ExportSpec) -> BuildResult | None:

@@ -38,7 +38,7 @@ def _progress() -> Progress:
     return Progress(*columns, console=console, transient=True)
 
 
-def run_build(spec: ExportSpec, reuse: bool = False) -> None:
+def run_build(spec: ExportSpec, reuse: bool = False, jobs: int | None = None) -> None:
     """Builds (or, with `reuse`, keeps a repository exported from the same inputs), prints the report
     table and notes; ExportError -> message + exit code 1."""
     from navig.export.build import build
@@ -52,7 +52,7 @@ def run_build(spec: ExportSpec, reuse: bool = False) -> None:
 
         quiet_transformers()
         with _progress() as progress, attached(progress):
-            return build(spec, progress)
+            return build(spec, progress, jobs)
 
     started = time.perf_counter()
     try:
@@ -118,6 +118,14 @@ def export_build(
     force: Annotated[
         bool, typer.Option("--force", help="Export even if the output was exported from the same inputs.")
     ] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Processes (default: 2 when there are 2 cores): the two GroundingDINO exports run side "
+            "by side, each its own memory; 1 exports one model after the other.",
+        ),
+    ] = None,
 ) -> None:
     """Export everything SPEC names into a Triton model repository for one profile.
 
@@ -138,7 +146,7 @@ def export_build(
         updates["output"] = out.resolve()
     if stream is not None and spec.vlm:
         updates["vlm"] = spec.vlm.model_copy(update={"stream": stream})
-    run_build(spec.model_copy(update=updates), reuse=not force)
+    run_build(spec.model_copy(update=updates), reuse=not force, jobs=jobs)
 
 
 @app.command("ocr")

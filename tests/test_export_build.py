@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -20,7 +23,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
 from navig.export import containers, gpu_deployment
-from navig.export.build import build, repository_for, reuse, write_configs
+from navig.export.build import Step, build, plan, repository_for, reuse, run_steps, write_configs
 from navig.export.cli import app as export_app
 from navig.export.demo_checkpoints import SPEC_FILE, reused_demo_checkpoints
 from navig.export.errors import CheckpointError, ExportError
@@ -277,3 +280,31 @@ def test_demo_checkpoints_are_reused_while_unchanged(demo_checkpoints: Path, tmp
     config = copy / "clip" / "config.json"
     config.write_text(config.read_text() + " ")
     assert reused_demo_checkpoints(copy, "tiny") is None
+
+
+def test_aside_steps_run_in_a_worker_process_and_keep_plan_order():
+    """`jobs` > 1: the `aside` step (the detector_reference export) runs in a spawned worker while this
+    process runs the others; the reports come back in plan order. `jobs` 1: all here, in order."""
+    here = os.getpid()
+    steps = [
+        Step("first", (), os.getpid),
+        Step("beside", (), os.getpid, aside=True),
+        Step("last", (), functools.partial(str, "last")),
+    ]
+    shown: list[str] = []
+    first, beside, last = run_steps(steps, 2, shown.append)
+    assert (first, last) == (here, "last") and beside != here
+    assert shown == ["first", "last", "beside (in a worker process)"]
+    assert run_steps(steps, 1, shown.append) == [here, here, "last"]
+
+
+def test_a_failing_aside_step_raises_its_own_error():
+    steps = [Step("bad", (), functools.partial(load_spec, Path("/nowhere/export.yaml")), aside=True)]
+    with pytest.raises(ExportError, match="nowhere"):
+        run_steps(steps, 2, lambda _: None)
+
+
+def test_the_detector_reference_export_goes_aside(demo_checkpoints: Path):
+    steps = plan(load_spec(demo_checkpoints / SPEC_FILE))
+    assert [s.models for s in steps if s.aside] == [(contract.DETECTOR_REFERENCE,)]
+    pickle.dumps(next(s.work for s in steps if s.aside))  # a worker process can receive it
