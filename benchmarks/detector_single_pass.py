@@ -15,8 +15,8 @@ the reference. A single-pass detection matches one of them when it has the same 
 prompt and overall. The demo checkpoints are random-initialised, so these figures test the mechanics
 (same boxes from the same checkpoint?), not what real GroundingDINO weights would agree on.
 
-Time: median ms per call on ONNX Runtime in-process, batch 1 (`--repeats` calls) and 8 (every batch of
-the agreement run): the two graphs' compute on the same inputs and threads. Served, each graph adds the
+Time: median ms per call on ONNX Runtime in-process, batch 1 and 8 (8 samples of one shape, `--repeats`
+calls after a warm-up): the two graphs' compute on the same inputs and threads. Served, each graph adds the
 same gRPC and python-backend cost (benchmarks.encoders times the per-prompt graph served, beside it).
 Writes build/bench/detector_single_pass.json (with the machine).
 Run: `python -m benchmarks.detector_single_pass --preset small`.
@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,10 +114,10 @@ def single_pass_repository(checkpoints: Path, root: Path, preset: str, console: 
     return repository
 
 
-def sample_photos(count: int) -> list[np.ndarray]:
-    """The first `count` samples as the orchestrator sends them to `detector` (its `view` of each photo)."""
+def sample_photos() -> list[np.ndarray]:
+    """The samples as the orchestrator sends them to `detector` (its `view` of each photo)."""
     photos = []
-    for sample in load_samples(SAMPLES_DIR)[:count]:
+    for sample in load_samples(SAMPLES_DIR):
         pixels = np.asarray(Image.open(SAMPLES_DIR / sample.file).convert("RGB"))
         photos.append(downscale(pixels, contract.DETECTOR_MAX_SIDE, 1))
     return photos
@@ -139,20 +137,14 @@ def variant_of(session: ort.InferenceSession) -> str:
     return session.get_modelmeta().custom_metadata_map.get(VARIANT_KEY, PER_PROMPT)
 
 
-def detect_all(
-    session: ort.InferenceSession, photos: list[np.ndarray], description: str
-) -> tuple[list[Detections], list[float]]:
-    """Each photo's detections, and the seconds of every full batch of 8 (timed as they run)."""
+def detect_all(session: ort.InferenceSession, photos: list[np.ndarray], description: str) -> list[Detections]:
+    """Each photo's detections, in batches of up to 8 photos of one shape."""
     names = [o.name for o in session.get_outputs()]
     per_photo: list[Detections] = []
-    full_batch_s: list[float] = []
     for images in track(list(batches(photos, 8)), description=description):
-        started = time.perf_counter()
         out = dict(zip(names, session.run(names, {contract.DETECTOR_IMAGES: images})))
-        if len(images) == 8:
-            full_batch_s.append(time.perf_counter() - started)
         per_photo += [{k: v[i] for k, v in out.items()} for i in range(len(images))]
-    return per_photo, full_batch_s
+    return per_photo
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -216,18 +208,20 @@ def scores(c: dict[str, int]) -> dict[str, float]:
 
 
 def in_process(
-    repository: Path, variant: str, photos: list[np.ndarray], threads: int, repeats: int
+    repository: Path, variant: str, photos: list[np.ndarray], eight: np.ndarray, threads: int, repeats: int
 ) -> tuple[dict, list[Detections]]:
-    """ORT in-process: median ms at batch 1 and 8, and every photo's detections."""
+    """ORT in-process: median ms at batch 1 and 8 (`eight`: photos of one shape), and every photo's
+    detections."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(repository / contract.DETECTOR / "1" / "model.onnx"), options)
     if variant_of(session) != variant:
         raise SystemExit(f"{repository}: its detector is {variant_of(session)}, not {variant}")
-    one = {contract.DETECTOR_IMAGES: photos[0][None]}
-    batch_1 = median_ms(lambda: session.run(None, one), repeats)
-    detections, full = detect_all(session, photos, f"{variant}: {len(photos)} samples")
-    return {"ort_ms": {1: batch_1, 8: statistics.median(full) * 1e3 if full else None}}, detections
+    timing = {
+        batch: median_ms(lambda b=batch: session.run(None, {contract.DETECTOR_IMAGES: eight[:b]}), repeats)
+        for batch in BATCHES
+    }
+    return {"ort_ms": timing}, detect_all(session, photos, f"{variant}: {len(photos)} samples")
 
 
 def main() -> None:
@@ -236,7 +230,7 @@ def main() -> None:
     parser.add_argument(
         "--iou", type=float, default=0.5, help="IoU at which two boxes are the same detection"
     )
-    parser.add_argument("--repeats", type=int, default=5, help="batch-1 calls timed")
+    parser.add_argument("--repeats", type=int, default=3, help="calls timed per batch size, after one")
     parser.add_argument("--samples", type=int, default=24, help="sample photos of the agreement (of 53)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root", type=Path, default=Path("build/bench"))
@@ -249,11 +243,15 @@ def main() -> None:
         SINGLE_PASS: single_pass_repository(checkpoints, args.root, args.preset, console),
     }
     box_threshold = Settings.model_fields["box_threshold"].default
-    photos = sample_photos(args.samples)
+    every = sample_photos()
+    photos = every[: args.samples]
+    eight = np.stack([p for p in every if p.shape == every[0].shape][:8])
     results: dict[str, dict] = {}
     detections: dict[str, list[Detections]] = {}
     for name, repository in repositories.items():
-        results[name], detections[name] = in_process(repository, name, photos, args.threads, args.repeats)
+        results[name], detections[name] = in_process(
+            repository, name, photos, eight, args.threads, args.repeats
+        )
     agree = agreement(detections[PER_PROMPT], detections[SINGLE_PASS], photos, box_threshold, args.iou)
     overall_f1 = agree["overall"]["f1"]
     out = args.root / "detector_single_pass.json"
