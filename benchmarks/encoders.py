@@ -144,8 +144,12 @@ def int8_sessions(repository: Path, threads: int) -> dict[str, Callable[[int], o
 
 
 def time_served(repository: Path, rows: list[dict], repeats: int, console: Console, what: str) -> None:
-    """Adds served_ms and served_speedup to the rows whose encoder the repository serves."""
-    config = TritonConfig(repository, ports=TritonPorts.free())
+    """Adds served_ms and served_speedup to the rows whose encoder the repository serves (only the
+    timed models loaded: the full repository's VLMs would take longer to start than the timing)."""
+    models = [f"--load-model={m}" for m in INT8_MODELS.values() if (repository / m).is_dir()]
+    config = TritonConfig(
+        repository, ports=TritonPorts.free(), extra_args=("--model-control-mode=explicit", *models)
+    )
     with console.status(f"starting Triton on the {what} encoders..."), EmbeddedTriton(config) as triton:
         calls = served(repository, triton.grpc_url)
         for r in track(rows, description=f"timing the served {what} encoders"):
