@@ -150,13 +150,17 @@ def build(spec: ExportSpec, progress: Progress, jobs: int | None = None) -> Buil
     remove_other_layout(spec)
     steps = plan(spec)
     overall = progress.add_task("export", total=len(steps) + 1)
-    done = run_steps(steps, jobs or default_jobs(), lambda s: progress.update(overall, description=s))
+    done = run_steps(
+        steps,
+        jobs or default_jobs(),
+        lambda description: progress.update(overall, description=description),
+        lambda: progress.advance(overall),
+    )
     reports: list[ArtifactReport] = []
     models: list[str] = []
     for step, step_reports in zip(steps, done, strict=True):
         reports.extend(quantized(spec, step_reports))  # spec `precision: int8`, behind its parity gate
         models.extend(step.models)
-        progress.advance(overall)
     progress.update(overall, description=f"configs ({spec.profile} profile)")
     result = BuildResult(spec.output, reports, models, write_configs(spec, models))
     progress.advance(overall)
@@ -173,10 +177,15 @@ def build(spec: ExportSpec, progress: Progress, jobs: int | None = None) -> Buil
     return result
 
 
-def run_steps(steps: list[Step], jobs: int, show: Callable[[str], object]) -> list[list[ArtifactReport]]:
+def run_steps(
+    steps: list[Step],
+    jobs: int,
+    show: Callable[[str], object],
+    finished: Callable[[], object] = lambda: None,
+) -> list[list[ArtifactReport]]:
     """Each step's reports, in plan order. With `jobs` > 1 the `aside` steps run in worker processes
     (spawned: no forked torch state) while this process runs the others; `show` names the step
-    this process works on or waits for."""
+    this process works on or waits for, `finished` is called as each step ends."""
     aside = [i for i, step in enumerate(steps) if step.aside] if jobs > 1 else []
     done: dict[int, list[ArtifactReport]] = {}
     with contextlib.ExitStack() as stack:
@@ -189,10 +198,12 @@ def run_steps(steps: list[Step], jobs: int, show: Callable[[str], object]) -> li
             if i not in futures:
                 show(step.description)
                 done[i] = step.work()
+                finished()
         for i, future in futures.items():
             show(f"{steps[i].description} (in a worker process)")
             try:
                 done[i] = future.result()
+                finished()
             except BrokenProcessPool as exc:
                 raise ExportError(
                     f"{steps[i].description}: its worker process died ({exc}); export with --jobs 1"
