@@ -2,10 +2,9 @@
 against the per-prompt graph (one pass per prompt, NAVIG's way): detection agreement on the samples and
 time per image.
 
-Both graphs come from the same `--preset` checkpoint (default `small`): the per-prompt one copied from the
-shared preset repository (`benchmarks.presets`) into `repository-<preset>-detector-per-prompt/`, the
-single-pass one exported beside it into `repository-<preset>-detector-single-pass/` (reused while its
-inputs are unchanged).
+Both graphs come from the same `--preset` checkpoint (default `small`): the per-prompt one is the shared
+preset repository's `detector` (`benchmarks.presets`), the single-pass one is exported beside it into
+`repository-<preset>-detector-single-pass/` (reused while its inputs are unchanged).
 
 Agreement: the first `--samples` sample photos, as the orchestrator sends them (`downscale` to
 DETECTOR_MAX_SIDE), through both graphs on ONNX Runtime. The detections kept are those the fast
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +40,6 @@ import navig.model_repository as model_repository_package
 from benchmarks.encoders import median_ms
 from benchmarks.presets import prepare
 from navig.client.profile.machine import machine
-from navig.export.build import write_model_config
 from navig.export.cli import quiet_transformers
 from navig.export.demo_checkpoints import SPEC_FILE
 from navig.export.detector import PER_PROMPT, SINGLE_PASS, VARIANT_KEY, export_detector
@@ -53,7 +50,6 @@ from navig.export.fingerprint import (
     fingerprint,
     library_versions,
 )
-from navig.export.repository import place_model_folder
 from navig.export.samples import SAMPLES_DIR, load_samples
 from navig.export.spec import load_spec
 from navig.model_repository import contract
@@ -65,21 +61,12 @@ HIGH_AGREEMENT_F1 = 0.9  # overall F1 at which single pass could become the defa
 Detections = dict[str, np.ndarray]
 
 
-def per_prompt_repository(checkpoints: Path, shared: Path, root: Path, preset: str) -> Path:
-    """The shared preset repository's `detector` graph in a repository of its own, its config written
-    here: other benchmarks rebuild the shared repository when the model sources change, which must
-    not happen under this one's served model."""
-    source, repository = (
-        shared / contract.DETECTOR / "1" / "model.onnx",
-        root / f"repository-{preset}-detector-per-prompt",
-    )
-    if not source.is_file():
-        raise SystemExit(f"{source} is missing: another process is rebuilding {shared}; run again after it")
-    place_model_folder(contract.DETECTOR, repository)
-    shutil.copy2(source, repository / contract.DETECTOR / "1" / "model.onnx")
-    spec = load_spec(checkpoints / SPEC_FILE)
-    write_model_config(spec.model_copy(update={"output": repository}), contract.DETECTOR)
-    return repository
+def per_prompt_repository(shared: Path) -> Path:
+    """The shared preset repository, whose `detector` is the per-prompt graph (each session below reads
+    its file once)."""
+    if not (shared / contract.DETECTOR / "1" / "model.onnx").is_file():
+        raise SystemExit(f"{shared}: no detector; another process is rebuilding it: run again after it")
+    return shared
 
 
 def single_pass_repository(checkpoints: Path, root: Path, preset: str, console: Console) -> Path:
@@ -98,7 +85,6 @@ def single_pass_repository(checkpoints: Path, root: Path, preset: str, console: 
     if stamp.is_file() and stamp.read_text() == fingerprint(inputs) and onnx_file.is_file():
         return repository
     stamp.unlink(missing_ok=True)
-    place_model_folder(contract.DETECTOR, repository)
     with console.status("exporting the single-pass detector (parity against HF's forward included)..."):
         report = export_detector(
             detector.checkpoint,
@@ -108,8 +94,6 @@ def single_pass_repository(checkpoints: Path, root: Path, preset: str, console: 
             single_pass=True,
         )
     console.print(f"single-pass export: {report.parity()}, {report.seconds:.0f} s")
-    only_detector = spec.model_copy(update={"output": repository, "detector": detector})
-    write_model_config(only_detector, contract.DETECTOR)
     stamp.write_text(fingerprint(inputs))
     return repository
 
@@ -239,7 +223,7 @@ def main() -> None:
     console = Console()
     checkpoints, shared = prepare(args.preset, args.root, console)
     repositories = {
-        PER_PROMPT: per_prompt_repository(checkpoints, shared, args.root, args.preset),
+        PER_PROMPT: per_prompt_repository(shared),
         SINGLE_PASS: single_pass_repository(checkpoints, args.root, args.preset, console),
     }
     box_threshold = Settings.model_fields["box_threshold"].default
