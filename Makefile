@@ -52,7 +52,7 @@ clean:
 bench: SHELL := /bin/bash
 bench: export TIMEFORMAT := [%0R s]
 bench: repository
-	time $(BIN)/python -m benchmarks.encoders --preset small --repeats 3
+	time $(BIN)/python -m benchmarks.encoders --preset small --repeats 2
 	time $(BIN)/python -m benchmarks.vlm_batching --model-repository $(REPOSITORY)
 	time $(BIN)/python -m benchmarks.caches --model-repository $(REPOSITORY)
 	time $(BIN)/python -m benchmarks.ocr_once

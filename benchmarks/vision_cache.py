@@ -85,7 +85,7 @@ def run(weights: Path, rows: Rows, batch: int, tokens: int, cache_mb: float, pro
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small", choices=["tiny", "small"])
-    parser.add_argument("--photos", type=int, help="photos of the rows (default: versus_navig's)")
+    parser.add_argument("--photos", type=int, default=2, help="the first photos of versus_navig's")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="as versus_navig")
     parser.add_argument("--root", type=Path, default=Path("build/bench"))
     args = parser.parse_args()
@@ -96,7 +96,7 @@ def main() -> None:
     if not versus_file.is_file():
         raise SystemExit(f"{versus_file} is missing: run `python -m benchmarks.versus_navig` first")
     versus = json.loads(versus_file.read_text())
-    args.photos = args.photos or versus["images"]
+    args.photos = min(args.photos, versus["images"])
     rows = reference_rows(versus, args.photos)
     if not rows:
         raise SystemExit(f"served `reference` cut no crops in {args.photos} photos: nothing to time")
