@@ -1,7 +1,8 @@
 """One vision pass per image (the `vlm` engine's vision cache), off and on, on `reference`'s VLM rows.
 
 `reference` comments on every crop and reads its text with the VLM (NAVIG's getComment and getOSM):
-two rows per crop, showing the same pixels. The rows here are served `reference`'s on the same photos:
+two rows per crop, showing the same pixels. The rows here are served `reference`'s on the first
+`--photos` of its photos (default 2 of versus_navig's 4, about 20 rows: `make bench` stays short):
 the crops versus_navig.json recorded (run `benchmarks.versus_navig` first), cut and prepared as the
 SEARCHER prepares them (JPEG round trip, `fit_for_vlm`), the comment rows then the reading rows as the
 two tools start them, in batches of the model's `max_batch_size` as Triton's batcher fills them. Each
